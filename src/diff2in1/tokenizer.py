@@ -43,4 +43,6 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[str]]:
 def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
     """The standard CLIP ViT-L/14 tokenizer (ids as in SD v1.x), built offline."""
     vocab, merges = _vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=max_length)
+    return CLIPTokenizer(
+        vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], model_max_length=max_length
+    )

@@ -188,12 +188,33 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def perceive(
-        self, images: torch.Tensor, generator: torch.Generator | None = None, sample_posterior: bool = True
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        sample_posterior: bool = True,
+        seeds: list[int] | None = None,
     ) -> TapFeatures:
-        """SPEC 2 perception features: encode, noise to t=0, one UNet pass with the empty caption."""
-        z = self.encode(images, sample=sample_posterior, generator=generator)
-        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        z0 = self.q_sample(z, 0, noise)
+        """SPEC 2 perception features: encode, noise to t=0, one UNet pass with the empty caption.
+
+        Randomness (posterior sample, t=0 noise) comes from `generator`, or, with `seeds`, from
+        one seed per image, so an image's features do not depend on how it was batched.
+        """
+        images = images.to(self.device, self.vae.dtype)
+        posterior = self.vae.encode(images).latent_dist
+        mean, std = posterior.mean, posterior.std
+        if seeds is not None:
+            # (2, B, 4, h, w): per image, its posterior draw then its t=0 noise.
+            draws = torch.stack(
+                [
+                    torch.randn((2, *mean.shape[1:]), generator=torch.Generator().manual_seed(int(s)))
+                    for s in seeds
+                ],
+                dim=1,
+            ).to(mean.device, mean.dtype)
+        else:
+            draws = torch.randn((2, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+        z = (mean + std * draws[0] if sample_posterior else mean) * self.scaling_factor
+        z0 = self.q_sample(z, 0, draws[1])
         _, feats = self.unet_forward(z0, 0, self.empty_embedding(z.shape[0]), features=True)
         return feats
 

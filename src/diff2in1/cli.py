@@ -34,6 +34,183 @@ def _info(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _size(text: str) -> tuple[int, int]:
+    """ "512" or "480x640" -> (height, width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use 512 or 480x640)") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use 512 or 480x640)")
+    return parts[0], parts[1]
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """Flags shared by both training stages; unset flags keep the config file's / default value."""
+    p.add_argument("--data", help="dataset root in the SPEC 5 layout (<root>/train/{img,norm,caption})")
+    p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors")
+    p.add_argument("--out", help="run folder (config, logs, checkpoints, final head)")
+    p.add_argument("--config", help="YAML file of settings (see diff2in1/configs/); flags override it")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--split", help="split to train on (default train)")
+    p.add_argument("--resolution", type=_size, help="model input size, e.g. 512 or 480x640 (default 512)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--loss", choices=["ug_nll", "angular", "l2"])
+    p.add_argument("--checkpoint-every", type=int, help="keep a head checkpoint every k epochs")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    p.add_argument(
+        "--feature-cache",
+        choices=["none", "memory"],
+        help="reuse each image's taps across epochs (fixes its noise; see README)",
+    )
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+
+
+def _overrides(a: argparse.Namespace, names: list[str]) -> dict:
+    return {n: getattr(a, n, None) for n in names}
+
+
+TRAIN_KEYS = [
+    "data",
+    "backbone",
+    "out",
+    "split",
+    "resolution",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "lr",
+    "seed",
+    "loss",
+    "checkpoint_every",
+    "mixed_precision",
+    "grad_accum",
+    "feature_cache",
+    "num_workers",
+    "device",
+    "progress",
+]
+
+
+def _require(cfg, names: list[str], command: str) -> None:
+    missing = [n for n in names if not getattr(cfg, n)]
+    if missing:
+        raise InputError(f"{command}: missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+
+
+@command("train-warmup", "stage 1: train the normal head on labelled data (SPEC 6)")
+def _train_warmup(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument(
+        "--head", help="reference (research widths, default), small, or a head folder to start from"
+    )
+
+    def run(a: argparse.Namespace) -> None:
+        from .config import WarmupConfig, load_config
+        from .stages.warmup import train_warmup
+
+        cfg = load_config(WarmupConfig, a.config, **_overrides(a, TRAIN_KEYS + ["head"]))
+        _require(cfg, ["data", "backbone", "out"], "train-warmup")
+        result = train_warmup(cfg, resume=a.resume)
+        print(f"trained {result.steps} steps; head saved to {result.outputs.get('head')}")
+
+    p.set_defaults(func=run)
+
+
+def _predictor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
+    p.add_argument("--head", required=True, help="head folder (config.json + model.safetensors)")
+    p.add_argument("--resolution", type=_size, default=(512, 512), help="model input size (default 512)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the t=0 noise")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _predictor(a: argparse.Namespace):
+    from .stages.predict import NormalPredictor
+
+    return NormalPredictor.from_paths(
+        a.backbone, a.head, device=a.device, resolution=a.resolution, seed=a.seed
+    )
+
+
+@command("evaluate", "SPEC 9 metrics of a head on a labelled split, with per-image errors and a picture grid")
+def _evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset root in the SPEC 5 layout")
+    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--out", help="folder for metrics.json, per_image.csv, grid.png (default: <head>/eval_<split>)"
+    )
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    _predictor_args(p)
+
+    def run(a: argparse.Namespace) -> None:
+        from pathlib import Path
+
+        from .data import NormalsDataset
+        from .stages.evaluate import evaluate, format_table
+
+        NormalsDataset(a.data, a.split, size=None)  # bad data fails before any model loads
+        out = a.out or str(Path(a.head) / f"eval_{a.split}")
+        result = evaluate(
+            _predictor(a),
+            a.data,
+            a.split,
+            out=out,
+            batch_size=a.batch_size,
+            progress=a.progress,
+            limit=a.limit,
+        )
+        print(format_table({Path(a.head).name: result.metrics}))
+        print(f"{result.metrics['pixels']} pixels; written to {out}")
+
+    p.set_defaults(func=run)
+
+
+@command("predict", "surface normals + uncertainty for your own images or folders")
+def _predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    _predictor_args(p)
+
+    def run(a: argparse.Namespace) -> None:
+        from .stages.predict import collect_images, predict_files
+
+        collect_images(a.inputs)  # bad input fails before any model loads
+        files = predict_files(_predictor(a), a.inputs, a.out, batch_size=a.batch_size, progress=a.progress)
+        print(f"predicted {len(files)} image(s) into {a.out}")
+
+    p.set_defaults(func=run)
+
+
+@command("make-scenes", "render procedural indoor scenes with exact normals, in the SPEC 5 layout")
+def _make_scenes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="dataset root to write")
+    p.add_argument("--train", type=int, default=200, help="number of training scenes")
+    p.add_argument("--test", type=int, default=50, help="number of test scenes")
+    p.add_argument("--size", type=int, default=128, help="image size (square)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    def run(a: argparse.Namespace) -> None:
+        from .data.scenes import make_scenes
+
+        make_scenes(a.out, a.train, a.test, a.size, a.seed, progress=a.progress)
+        print(f"scenes written to {a.out}")
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 

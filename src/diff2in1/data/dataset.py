@@ -1,0 +1,226 @@
+"""torch Dataset over the SPEC 5 layout (`<root>/<split>/{img,norm,caption}/<id>.*`).
+
+Samples pair by identical file stem, never by zipping sorted lists. Construction is cheap and
+strict: it checks that files exist and reads image headers (size/mode), so a broken dataset fails
+before any model is loaded; pixels are decoded only in `__getitem__`.
+
+Resizing (when `size` is given; the research code squashes any aspect to 512x512): the image is
+resized bilinearly with PIL (as the reference loader does; PIL antialiases when shrinking), the
+normal map and its mask with nearest neighbour, so an invalid pixel stays invalid and a valid
+vector stays a (unit) ground-truth vector rather than a blend of neighbours.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from diff2in1.data.imageio import load_rgb, npy_header, png_header
+from diff2in1.data.layout import (
+    NORM_DIR,
+    FloatNormals,
+    list_ids,
+    read_caption,
+    read_normal,
+    sample_paths,
+    split_dir,
+)
+from diff2in1.errors import InputError
+
+OnError = Literal["raise", "skip"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    id: str
+    image: Path
+    normal_png: Path
+    normal_npy: Path | None  # set when the float copy is the source to read
+    caption: Path
+    has_caption: bool
+
+
+def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        size = (size, size)
+    h, w = (int(s) for s in size)
+    if h <= 0 or w <= 0:
+        raise InputError(f"size must be positive, got {size}")
+    return h, w
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel for nearest resizing (pixel-centre rule, as PIL NEAREST)."""
+    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
+    return np.clip(idx, 0, n_in - 1)
+
+
+def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an HxW[xC] array to size=(H, W)."""
+    h, w = array.shape[:2]
+    if (h, w) == tuple(size):
+        return array
+    return array[nearest_indices(h, size[0])][:, nearest_indices(w, size[1])]
+
+
+class NormalsDataset(Dataset):
+    """Image / surface-normal / caption samples of one split.
+
+    Args:
+        root: dataset root; samples live in `root/split/...`.
+        split: "train", "test", ...
+        size: output (height, width), an int for square, or None to keep each file's size.
+        float_normals: "auto" reads `norm_npy/<id>.npy` where it exists, else the PNG; True
+            requires the .npy; False always reads the 8-bit PNG.
+        on_error: "raise" -> InputError at construction for the first broken sample; "skip" -> leave
+            broken samples out, list them in `self.skipped` as (id, reason) and warn once.
+        labels: False for unlabelled images (only img [+ caption] needed); normal/mask are then
+            zeros/False (targets come from a model, e.g. synthetic data).
+
+    Items: dict(image float32 (3,H,W) in [-1,1], normal float32 (3,H,W), mask bool (1,H,W),
+    caption str, id str, index int).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        size: int | tuple[int, int] | None = (512, 512),
+        float_normals: FloatNormals = "auto",
+        on_error: OnError = "raise",
+        labels: bool = True,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if float_normals not in ("auto", True, False):
+            raise InputError(f"float_normals must be 'auto', True or False, got {float_normals!r}")
+        self.root = Path(root)
+        self.split = split
+        self.size = _as_size(size)
+        self.float_normals = float_normals
+        self.labels = labels
+        self.skipped: list[tuple[str, str]] = []
+
+        ids = list_ids(root, split)
+        if not ids:
+            raise InputError(f"no images in {split_dir(root, split) / 'img'}")
+        entries: list[_Entry] = []
+        for sample_id in ids:
+            try:
+                entries.append(self._check(sample_id))
+            except InputError as e:
+                if on_error == "raise":
+                    raise
+                self.skipped.append((sample_id, str(e)))
+        self.entries = entries
+        where = split_dir(root, split)
+        if self.skipped:
+            first = self.skipped[0][1]
+            warnings.warn(
+                f"skipped {len(self.skipped)} of {len(ids)} samples in {where} (first: {first})",
+                stacklevel=2,
+            )
+        if not entries:
+            raise InputError(f"no usable samples in {where} ({len(self.skipped)} skipped)")
+        missing = sum(not e.has_caption for e in entries)
+        if missing:
+            warnings.warn(
+                f"{missing} of {len(entries)} samples in {where} have no caption file; using empty captions",
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ construction checks
+
+    def _check(self, sample_id: str) -> _Entry:
+        """Validate one sample from file existence and headers only."""
+        p = sample_paths(self.root, self.split, sample_id)
+        w, h, _ = png_header(p.image)  # any image mode is accepted and converted to RGB
+        npy: Path | None = None
+        if self.labels:
+            use_npy = p.normal_npy.is_file() if self.float_normals == "auto" else bool(self.float_normals)
+            if use_npy:
+                if not p.normal_npy.is_file():
+                    raise InputError(f"{p.normal_npy}: float normals missing for image {p.image}")
+                shape, dtype = npy_header(p.normal_npy)
+                if len(shape) != 3 or shape[-1] != 3 or not np.issubdtype(dtype, np.floating):
+                    raise InputError(f"{p.normal_npy}: expected float HxWx3 normals, got {dtype} {shape}")
+                nh, nw = shape[0], shape[1]
+                npy = p.normal_npy
+            else:
+                if not p.normal_png.is_file():
+                    raise InputError(f"{p.normal_png}: normal map missing for image {p.image}")
+                nw, nh, mode = png_header(p.normal_png)
+                if mode != "RGB":
+                    raise InputError(
+                        f"{p.normal_png}: expected an 8-bit RGB normal map (3 channels), got mode {mode}"
+                    )
+            if (nh, nw) != (h, w):
+                src = npy or p.normal_png
+                raise InputError(f"{src}: size {nw}x{nh} does not match image {p.image} ({w}x{h})")
+        return _Entry(sample_id, p.image, p.normal_png, npy, p.caption, p.caption.is_file())
+
+    # ------------------------------------------------------------------ access
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.entries]
+
+    def _load_image(self, e: _Entry) -> np.ndarray:
+        img = load_rgb(e.image)
+        if self.size is not None and img.shape[:2] != self.size:
+            h, w = self.size
+            img = np.asarray(Image.fromarray(img).resize((w, h), resample=Image.BILINEAR))
+        return img
+
+    def __getitem__(self, index: int) -> dict:
+        e = self.entries[index]
+        img = self._load_image(e)
+        h, w = img.shape[:2]
+        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1.0
+        if self.labels:
+            fn: FloatNormals = e.normal_npy is not None
+            normal, mask = read_normal(sample_paths(self.root, self.split, e.id), fn)
+            src = e.normal_npy or e.normal_png
+            if self.size is None and normal.shape[:2] != (h, w):
+                raise InputError(f"{src}: size {normal.shape[1]}x{normal.shape[0]} does not match {e.image}")
+            if self.size is not None:
+                normal, mask = resize_nearest(normal, self.size), resize_nearest(mask, self.size)
+            normal_t = torch.from_numpy(np.ascontiguousarray(normal)).permute(2, 0, 1).float()
+            mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None]
+        else:
+            normal_t = torch.zeros(3, h, w)
+            mask_t = torch.zeros(1, h, w, dtype=torch.bool)
+        caption = (read_caption(e.caption) or "") if e.has_caption else ""
+        return {
+            "image": image,
+            "normal": normal_t,
+            "mask": mask_t,
+            "caption": caption,
+            "id": e.id,
+            "index": index,
+        }
+
+
+def orphan_normals(root: str | os.PathLike, split: str) -> list[str]:
+    """Stems of normal maps that have no image (ignored by the dataset; useful for diagnostics)."""
+    norm_dir = split_dir(root, split) / NORM_DIR
+    if not norm_dir.is_dir():
+        return []
+    ids = set(list_ids(root, split))
+    return sorted(p.stem for p in norm_dir.glob("*.png") if p.stem not in ids and not p.name.startswith("."))
+
+
+__all__ = ["NormalsDataset", "nearest_indices", "orphan_normals", "resize_nearest"]

@@ -1,0 +1,646 @@
+"""Procedural indoor scenes with exact surface normals, for tests and small offline experiments.
+
+A room (axis-aligned box: floor, ceiling, four walls; the camera inside) holds a few objects
+(boxes rotated about the vertical, spheres, vertical cylinders). Pixels are ray cast with numpy,
+vectorised over all pixels (the only Python loops are over objects and materials), shaded with
+procedural textures and Lambert lighting from one point light plus ambient.
+
+Normal convention (the one of the NYUv2 ground truth used by Bae et al. 2021 and the research
+code, i.e. GeoNet's PNGs): camera frame x right, y down, z forward (the OpenCV / "RDF" frame),
+with every normal oriented AWAY from the camera (into the surface), so n . ray > 0 on every
+visible pixel. Examples for a level camera: floor (0, 1, 0) -> PNG (128, 255, 128); a wall facing
+the camera (0, 0, 1) -> (128, 128, 255); the wall on the right of the image (1, 0, 0).
+Evidence: GeoNet fits n with n . p = 1 to back-projected OpenCV points (n points from the camera
+to the plane); Bae & Davison's DSINE, which evaluates on the same PNGs, forces predictions to
+cos(n, ray) > 0 with OpenCV rays and documents a fronto-parallel wall as (0, 0, 1).
+The renderer works with outward normals in the OpenCV frame; `cv_to_dataset` (one constant,
+`CV_TO_DATASET`) is the only place the dataset orientation is applied.
+
+World frame of the scene description: y up, the floor at y = 0; yaw 0 looks along +z.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CV_TO_DATASET = np.array([-1.0, -1.0, -1.0], dtype=np.float32)
+"""Multiply an outward normal in the OpenCV camera frame by this to get the stored convention."""
+
+FLOOR, CEILING, WALL_X0, WALL_X1, WALL_Z0, WALL_Z1 = range(6)
+WINDOW = -1  # surface id of pixels seen through the window (invalid normals)
+FIRST_OBJECT = 6
+_EPS = 1e-6
+
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (0.75, 0.12, 0.10),
+    "green": (0.15, 0.55, 0.20),
+    "blue": (0.12, 0.25, 0.70),
+    "yellow": (0.85, 0.75, 0.15),
+    "orange": (0.90, 0.45, 0.10),
+    "purple": (0.45, 0.18, 0.60),
+    "white": (0.88, 0.88, 0.86),
+    "gray": (0.45, 0.45, 0.47),
+    "black": (0.08, 0.08, 0.09),
+    "brown": (0.42, 0.26, 0.13),
+    "pink": (0.90, 0.50, 0.60),
+    "teal": (0.10, 0.50, 0.50),
+}
+WALL_COLORS: dict[str, tuple[float, float, float]] = {
+    "white": (0.86, 0.85, 0.82),
+    "beige": (0.82, 0.74, 0.60),
+    "gray": (0.60, 0.61, 0.63),
+    "light blue": (0.62, 0.72, 0.82),
+    "pale green": (0.66, 0.76, 0.62),
+    "yellow": (0.86, 0.80, 0.52),
+}
+
+
+def cv_to_dataset(normal_cv: np.ndarray) -> np.ndarray:
+    """Outward normals in the OpenCV camera frame (..., 3) -> the dataset convention."""
+    return (np.asarray(normal_cv, dtype=np.float32) * CV_TO_DATASET).astype(np.float32)
+
+
+def _rot_y(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+# ---------------------------------------------------------------------------- description
+
+
+@dataclass
+class Material:
+    """A procedural texture. kind: "wood", "tiles", "checker", "noise" or "solid"."""
+
+    kind: str
+    color: tuple[float, float, float]
+    name: str = ""
+    color2: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 0.5  # metres per plank / tile / checker square
+    seed: int = 0  # drives the noise pattern
+
+    def albedo(self, uv: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Albedo (M, 3) in [0, 1] at surface coordinates uv (M, 2) / world points p (M, 3)."""
+        rng = np.random.default_rng(self.seed)
+        c1, c2 = np.asarray(self.color), np.asarray(self.color2)
+        u, v = uv[:, 0], uv[:, 1]
+        if self.kind == "wood":
+            # Planks along u; per-plank tint, wavy grain, dark seams between planks.
+            k = np.floor(v / self.scale)
+            tint = 0.85 + 0.3 * np.modf(np.abs(np.sin(k * 12.9898 + self.seed) * 43758.5453))[0]
+            grain = np.sin(u * rng.uniform(9, 15) + 2.5 * np.sin(v * 7.0 + k) + k * 1.7)
+            shade = tint * (0.9 + 0.1 * grain)
+            seam = np.modf(np.abs(v / self.scale))[0] < 0.04
+            shade = np.where(seam, 0.45, shade)
+            return np.clip(c1[None] * shade[:, None], 0, 1)
+        if self.kind in ("tiles", "checker"):
+            check = (np.floor(u / self.scale) + np.floor(v / self.scale)) % 2 == 0
+            out = np.where(check[:, None], c1[None], c2[None])
+            if self.kind == "tiles":  # grout lines
+                fu, fv = np.modf(np.abs(u / self.scale))[0], np.modf(np.abs(v / self.scale))[0]
+                grout = (np.minimum(fu, 1 - fu) < 0.03) | (np.minimum(fv, 1 - fv) < 0.03)
+                out = np.where(grout[:, None], 0.8 * np.ones(3)[None], out)
+            return out * (1.0 + 0.04 * _sines(p, rng, 3, 3.0))[:, None]
+        if self.kind == "noise":
+            n = _sines(p, rng, 4, 2.5)
+            return np.clip(c1[None] * (1.0 + 0.12 * n)[:, None], 0, 1)
+        # "solid": object colour with mild noise
+        return np.clip(c1[None] * (1.0 + 0.06 * _sines(p, rng, 3, 6.0))[:, None], 0, 1)
+
+
+def _sines(p: np.ndarray, rng: np.random.Generator, n: int, freq: float) -> np.ndarray:
+    """Cheap smooth noise in [-1, 1]: the mean of n random 3-D plane waves."""
+    dirs = rng.normal(size=(n, 3))
+    dirs *= (freq * rng.uniform(0.5, 1.5, size=n) / np.linalg.norm(dirs, axis=1))[:, None]
+    phase = rng.uniform(0, 2 * np.pi, size=n)
+    return np.sin(p @ dirs.T + phase).mean(axis=1)
+
+
+@dataclass
+class Window:
+    """A rectangular opening in a wall; rays through it escape (invalid normals).
+
+    u: horizontal wall coordinate (x for z-walls, z for x-walls), v: height; both in metres.
+    """
+
+    wall: int
+    u0: float
+    u1: float
+    v0: float
+    v1: float
+
+
+@dataclass
+class Room:
+    x0: float
+    x1: float
+    z0: float
+    z1: float
+    height: float
+    floor: Material
+    walls: Material
+    ceiling: Material
+    window: Window | None = None
+
+    def material(self, face: int) -> Material:
+        return self.floor if face == FLOOR else self.ceiling if face == CEILING else self.walls
+
+    def contains(self, p: np.ndarray) -> bool:
+        x, y, z = p
+        return self.x0 < x < self.x1 and 0.0 < y < self.height and self.z0 < z < self.z1
+
+    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exit distance t (N,) and face id (N,) of rays starting inside the room."""
+        lo = np.array([self.x0, 0.0, self.z0])
+        hi = np.array([self.x1, self.height, self.z1])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_axes = np.where(d > 0, (hi - o) / d, np.where(d < 0, (lo - o) / d, np.inf))
+        axis = np.argmin(t_axes, axis=1)
+        t = t_axes[np.arange(len(d)), axis]
+        positive = d[np.arange(len(d)), axis] > 0
+        # axis 0 -> x walls, 1 -> floor/ceiling, 2 -> z walls; "positive" means the hi side.
+        face_lo = np.array([WALL_X0, FLOOR, WALL_Z0])
+        face_hi = np.array([WALL_X1, CEILING, WALL_Z1])
+        face = np.where(positive, face_hi[axis], face_lo[axis])
+        return t, face
+
+
+ROOM_NORMALS = {  # outward normal of each room surface as seen from inside (pointing into the room)
+    FLOOR: (0.0, 1.0, 0.0),
+    CEILING: (0.0, -1.0, 0.0),
+    WALL_X0: (1.0, 0.0, 0.0),
+    WALL_X1: (-1.0, 0.0, 0.0),
+    WALL_Z0: (0.0, 0.0, 1.0),
+    WALL_Z1: (0.0, 0.0, -1.0),
+}
+
+
+def _room_uv(face: int, p: np.ndarray) -> np.ndarray:
+    if face in (FLOOR, CEILING):
+        return p[:, [0, 2]]
+    if face in (WALL_X0, WALL_X1):
+        return p[:, [2, 1]]
+    return p[:, [0, 1]]
+
+
+@dataclass
+class Box:
+    """A box resting on its base; rotated by `yaw` (radians) about the vertical axis."""
+
+    center: tuple[float, float, float]
+    half: tuple[float, float, float]
+    yaw: float
+    material: Material
+    noun: str = "box"
+
+    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = _rot_y(self.yaw)  # world_from_local
+        ol = (o - np.asarray(self.center)) @ r  # row vectors: x @ R == R^T x
+        dl = d @ r
+        h = np.asarray(self.half)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t1 = (-h - ol) / dl
+            t2 = (h - ol) / dl
+        tmin = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf)
+        tmax = np.nan_to_num(np.maximum(t1, t2), nan=np.inf)
+        axis = np.argmax(tmin, axis=1)
+        idx = np.arange(len(d))
+        tnear, tfar = tmin[idx, axis], tmax.min(axis=1)
+        hit = (tnear <= tfar) & (tnear > _EPS)
+        n_local = np.zeros_like(dl)
+        n_local[idx, axis] = -np.sign(dl[idx, axis])
+        return np.where(hit, tnear, np.inf), n_local @ r.T
+
+
+@dataclass
+class Sphere:
+    center: tuple[float, float, float]
+    radius: float
+    material: Material
+    noun: str = "sphere"
+
+    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = np.asarray(self.center)
+        oc = o - c
+        b = d @ oc
+        disc = b * b - (oc @ oc - self.radius**2)
+        t = -b - np.sqrt(np.maximum(disc, 0.0))
+        hit = (disc >= 0) & (t > _EPS)
+        t = np.where(hit, t, np.inf)
+        p = o + np.where(hit, t, 0.0)[:, None] * d
+        return t, (p - c) / self.radius
+
+
+@dataclass
+class Cylinder:
+    """A vertical cylinder: axis through (x, z) = center_xz, from height y0 to y1."""
+
+    center_xz: tuple[float, float]
+    radius: float
+    y0: float
+    y1: float
+    material: Material
+    noun: str = "cylinder"
+
+    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cx, cz = self.center_xz
+        ox, oz = o[0] - cx, o[2] - cz
+        dx, dz = d[:, 0], d[:, 2]
+        a = dx * dx + dz * dz
+        b = ox * dx + oz * dz
+        disc = b * b - a * (ox * ox + oz * oz - self.radius**2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_side = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
+            y_side = o[1] + t_side * d[:, 1]
+            side = (disc >= 0) & (a > 1e-12) & (t_side > _EPS) & (y_side >= self.y0) & (y_side <= self.y1)
+            t_side = np.where(side, t_side, np.inf)
+            caps = []
+            for y_cap in (self.y1, self.y0):
+                t_cap = (y_cap - o[1]) / d[:, 1]
+                px, pz = ox + t_cap * dx, oz + t_cap * dz
+                ok = (t_cap > _EPS) & (px * px + pz * pz <= self.radius**2)
+                caps.append(np.where(ok, t_cap, np.inf))
+        t_all = np.stack([t_side, caps[0], caps[1]], axis=1)
+        which = np.argmin(t_all, axis=1)
+        t = t_all[np.arange(len(d)), which]
+        t_fin = np.where(np.isfinite(t), t, 0.0)
+        n = np.zeros_like(d)
+        n[:, 0] = (ox + t_fin * dx) / self.radius
+        n[:, 2] = (oz + t_fin * dz) / self.radius
+        n[which == 1] = (0.0, 1.0, 0.0)
+        n[which == 2] = (0.0, -1.0, 0.0)
+        return t, n
+
+
+SceneObject = Box | Sphere | Cylinder
+
+
+@dataclass
+class Camera:
+    """Pinhole camera. yaw about world +y (0 looks along +z), pitch > 0 looks up, roll about the view axis."""
+
+    position: tuple[float, float, float]
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    fov_deg: float = 60.0  # horizontal field of view
+
+    def rotation(self) -> np.ndarray:
+        """world_from_camera 3x3; its columns are the camera's x (right), y (down), z (forward)."""
+        cp, sp = np.cos(self.pitch), np.sin(self.pitch)
+        fwd = np.array([np.sin(self.yaw) * cp, sp, np.cos(self.yaw) * cp])
+        right = np.cross(fwd, [0.0, 1.0, 0.0])
+        right /= np.linalg.norm(right)
+        down = np.cross(fwd, right)
+        cr, sr = np.cos(self.roll), np.sin(self.roll)
+        right, down = cr * right + sr * down, -sr * right + cr * down
+        return np.stack([right, down, fwd], axis=1)
+
+    def focal(self, width: int) -> float:
+        return (width / 2.0) / np.tan(np.radians(self.fov_deg) / 2.0)
+
+    def rays_camera(self, height: int, width: int) -> np.ndarray:
+        """Unit ray directions in the camera (OpenCV) frame, (H*W, 3), row-major over pixels."""
+        f = self.focal(width)
+        u = (np.arange(width) + 0.5 - width / 2.0) / f
+        v = (np.arange(height) + 0.5 - height / 2.0) / f
+        d = np.empty((height, width, 3))
+        d[..., 0] = u[None, :]
+        d[..., 1] = v[:, None]
+        d[..., 2] = 1.0
+        d = d.reshape(-1, 3)
+        return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+@dataclass
+class SceneSpec:
+    room: Room
+    objects: list[SceneObject] = field(default_factory=list)
+    light: tuple[float, float, float] = (0.0, 2.5, 2.0)
+    light_power: float = 1.0
+    ambient: float = 0.25
+    shadows: bool = True
+    noise_seed: int | None = None  # per-pixel sensor noise; None = no noise
+
+
+@dataclass
+class Scene:
+    """A rendered sample. normal: float32 HxWx3 in the dataset convention, zeros where mask is False."""
+
+    image: np.ndarray  # uint8 HxWx3
+    normal: np.ndarray  # float32 HxWx3
+    mask: np.ndarray  # bool HxW
+    caption: str
+    depth: np.ndarray  # float32 HxW, distance along z_cam (inf through the window)
+    surface: np.ndarray  # int16 HxW: room face id, FIRST_OBJECT + object index, or WINDOW
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def render(
+    spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid_border: int = 0
+) -> Scene:
+    """Ray cast `spec` from `camera` at size (H, W) (or an int for square).
+
+    invalid_border: width in pixels of a frame whose normals are marked invalid (NYUv2's ground
+    truth is only defined inside such a border).
+    """
+    h, w = _as_hw(size)
+    o = np.asarray(camera.position, dtype=np.float64)
+    if not spec.room.contains(o):
+        raise ValueError(f"camera at {camera.position} is not inside the room")
+    rot = camera.rotation()
+    d_cam = camera.rays_camera(h, w)
+    d = d_cam @ rot.T  # world directions
+
+    t, surf = spec.room.intersect(o, d)
+    surf = surf.astype(np.int16)
+    n_world = np.asarray([ROOM_NORMALS[s] for s in range(6)])[surf]
+    for i, obj in enumerate(spec.objects):
+        t_obj, n_obj = obj.intersect(o, d)
+        closer = t_obj < t
+        t = np.where(closer, t_obj, t)
+        n_world[closer] = n_obj[closer]
+        surf[closer] = FIRST_OBJECT + i
+    p = o + t[:, None] * d
+
+    win = spec.room.window
+    if win is not None:
+        uv = _room_uv(win.wall, p)
+        through = (surf == win.wall) & (uv[:, 0] >= win.u0) & (uv[:, 0] <= win.u1)
+        through &= (uv[:, 1] >= win.v0) & (uv[:, 1] <= win.v1)
+        surf[through] = WINDOW
+
+    albedo = np.zeros((h * w, 3))
+    for s in np.unique(surf):
+        sel = surf == s
+        if s == WINDOW:
+            continue
+        if s < FIRST_OBJECT:
+            albedo[sel] = spec.room.material(int(s)).albedo(_room_uv(int(s), p[sel]), p[sel])
+        else:
+            albedo[sel] = spec.objects[s - FIRST_OBJECT].material.albedo(p[sel][:, [0, 1]], p[sel])
+
+    radiance = albedo * _lighting(spec, p, n_world, surf)[:, None]
+    rgb = np.clip(radiance, 0.0, 1.0) ** (1 / 2.2)  # display gamma
+    sky = surf == WINDOW
+    if sky.any():  # bright sky gradient through the window
+        up = np.clip(d[sky, 1] * 1.5 + 0.5, 0.0, 1.0)[:, None]
+        rgb[sky] = (1 - up) * np.array([0.95, 0.95, 0.92]) + up * np.array([0.55, 0.72, 0.95])
+    if spec.noise_seed is not None:
+        rgb = rgb + np.random.default_rng(spec.noise_seed).normal(0.0, 0.01, size=rgb.shape)
+    image = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8).reshape(h, w, 3)
+
+    mask = (surf != WINDOW).reshape(h, w)
+    if invalid_border > 0:
+        b = int(invalid_border)
+        mask[:b], mask[-b:], mask[:, :b], mask[:, -b:] = False, False, False, False
+    n_cv = n_world @ rot  # camera frame: R^T n for row vectors
+    normal = cv_to_dataset(n_cv).reshape(h, w, 3)
+    normal[~mask] = 0.0
+    depth = np.where(sky, np.inf, t * d_cam[:, 2]).astype(np.float32).reshape(h, w)
+    surface = surf.reshape(h, w)
+    return Scene(image, normal, mask, caption_for(spec, surface), depth, surface)
+
+
+def _lighting(spec: SceneSpec, p: np.ndarray, n: np.ndarray, surf: np.ndarray) -> np.ndarray:
+    """Ambient + Lambert from the point light, with soft distance falloff and object shadows."""
+    to_light = np.asarray(spec.light) - p
+    dist = np.linalg.norm(to_light, axis=1)
+    ldir = to_light / np.maximum(dist, 1e-9)[:, None]
+    lambert = np.clip(np.einsum("ij,ij->i", n, ldir), 0.0, None)
+    if spec.shadows and spec.objects:
+        lit = lambert > 0
+        start = p[lit] + n[lit] * 1e-4  # offset along the normal avoids self-hits
+        blocked = np.zeros(int(lit.sum()), dtype=bool)
+        for obj in spec.objects:
+            t_obj = _intersect_many(obj, start, ldir[lit])
+            blocked |= t_obj < dist[lit]
+        lambert[np.flatnonzero(lit)[blocked]] = 0.0
+    falloff = 1.0 / (1.0 + 0.04 * dist**2)
+    return spec.ambient + spec.light_power * lambert * falloff
+
+
+def _intersect_many(obj: SceneObject, origins: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Intersection distances for rays with per-ray origins (shadow rays)."""
+    if isinstance(obj, Sphere):
+        oc = origins - np.asarray(obj.center)
+        b = np.einsum("ij,ij->i", dirs, oc)
+        disc = b * b - (np.einsum("ij,ij->i", oc, oc) - obj.radius**2)
+        t = -b - np.sqrt(np.maximum(disc, 0.0))
+        return np.where((disc >= 0) & (t > _EPS), t, np.inf)
+    if isinstance(obj, Box):
+        r = _rot_y(obj.yaw)
+        ol, dl, hh = (origins - np.asarray(obj.center)) @ r, dirs @ r, np.asarray(obj.half)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t1, t2 = (-hh - ol) / dl, (hh - ol) / dl
+        tnear = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf).max(axis=1)
+        tfar = np.nan_to_num(np.maximum(t1, t2), nan=np.inf).min(axis=1)
+        return np.where((tnear <= tfar) & (tnear > _EPS), tnear, np.inf)
+    # Cylinder: the side test suffices for shadows cast onto the floor and walls.
+    cx, cz = obj.center_xz
+    ox, oz = origins[:, 0] - cx, origins[:, 2] - cz
+    dx, dz = dirs[:, 0], dirs[:, 2]
+    a = dx * dx + dz * dz
+    b = ox * dx + oz * dz
+    disc = b * b - a * (ox * ox + oz * oz - obj.radius**2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
+    y = origins[:, 1] + t * dirs[:, 1]
+    ok = (disc >= 0) & (a > 1e-12) & (t > _EPS) & (y >= obj.y0) & (y <= obj.y1)
+    return np.where(ok, t, np.inf)
+
+
+def caption_for(spec: SceneSpec, surface: np.ndarray, min_fraction: float = 0.002) -> str:
+    """Caption from what is visible: objects by decreasing area, floor, walls, window."""
+    counts = np.bincount((surface.ravel().astype(np.int64) + 1), minlength=FIRST_OBJECT + 1 + len(spec.objects))
+    total = surface.size
+    threshold = max(4, int(min_fraction * total))
+    visible = [(counts[FIRST_OBJECT + 1 + i], obj) for i, obj in enumerate(spec.objects)]
+    visible = [obj for c, obj in sorted(visible, key=lambda x: -x[0]) if c >= threshold]
+    phrases = [f"a {obj.material.name} {obj.noun}".strip() for obj in visible]
+    room = spec.room
+    floor = {"wood": "wooden", "tiles": "tiled"}.get(room.floor.kind, room.floor.name)
+    walls = f"{room.walls.name} {'checkered ' if room.walls.kind == 'checker' else ''}walls"
+    extras = [walls] + (["a window"] if counts[WINDOW + 1] >= threshold else [])
+    tail = f"on a {floor} floor, with {_join(extras)}"
+    if not phrases:
+        return f"an empty room {tail}"
+    return f"a room with {_join(phrases)} {tail}"
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+# ---------------------------------------------------------------------------- random scenes
+
+
+def _pick(rng: np.random.Generator, names: list[str]) -> str:
+    return names[int(rng.integers(len(names)))]
+
+
+def random_spec(rng: np.random.Generator) -> tuple[SceneSpec, Camera]:
+    """A random room, a camera near one end looking into it, and 1-4 objects in view."""
+    width, depth, height = rng.uniform(3.0, 6.0), rng.uniform(3.5, 7.0), rng.uniform(2.4, 3.2)
+    x0, z0 = -width / 2, 0.0
+    x1, z1 = width / 2, depth
+    wood = ["brown", "light brown", "dark brown"]
+    wood_rgb = {"brown": (0.55, 0.35, 0.18), "light brown": (0.72, 0.52, 0.30), "dark brown": (0.35, 0.20, 0.10)}
+    if rng.random() < 0.7:
+        wn = _pick(rng, wood)
+        floor = Material("wood", wood_rgb[wn], wn, scale=rng.uniform(0.12, 0.25), seed=int(rng.integers(1 << 30)))
+    else:
+        floor = Material(
+            "tiles", (0.80, 0.80, 0.78), "tiled", color2=(0.55, 0.55, 0.56), scale=rng.uniform(0.25, 0.6),
+            seed=int(rng.integers(1 << 30)),
+        )
+    wall_name = _pick(rng, list(WALL_COLORS))
+    wall_rgb = WALL_COLORS[wall_name]
+    if rng.random() < 0.35:
+        walls = Material(
+            "checker", wall_rgb, wall_name, color2=tuple(0.8 * c for c in wall_rgb),
+            scale=rng.uniform(0.3, 0.8), seed=int(rng.integers(1 << 30)),
+        )
+    else:
+        walls = Material("noise", wall_rgb, wall_name, seed=int(rng.integers(1 << 30)))
+    ceiling = Material("noise", (0.92, 0.92, 0.90), "white", seed=int(rng.integers(1 << 30)))
+
+    window = None
+    if rng.random() < 0.8:
+        wall = int(rng.choice([WALL_X0, WALL_X1, WALL_Z1]))  # walls the camera tends to see
+        span = (z0, z1) if wall in (WALL_X0, WALL_X1) else (x0, x1)
+        ww = rng.uniform(0.6, min(2.0, span[1] - span[0] - 0.4))
+        u0 = rng.uniform(span[0] + 0.2, span[1] - 0.2 - ww)
+        v0 = rng.uniform(0.7, 1.1)
+        window = Window(wall, u0, u0 + ww, v0, min(height - 0.2, v0 + rng.uniform(0.8, 1.4)))
+    room = Room(x0, x1, z0, z1, height, floor, walls, ceiling, window)
+
+    cam_pos = np.array([rng.uniform(x0 + 0.4, x1 - 0.4), rng.uniform(1.1, 1.7), rng.uniform(z0 + 0.3, z0 + 1.2)])
+    camera = Camera(
+        tuple(cam_pos),
+        yaw=rng.uniform(-0.6, 0.6),
+        pitch=np.radians(rng.uniform(-22.0, 5.0)),
+        roll=np.radians(rng.uniform(-3.0, 3.0)),
+        fov_deg=rng.uniform(55.0, 70.0),
+    )
+
+    objects: list[SceneObject] = []
+    footprints: list[tuple[float, float, float]] = [(cam_pos[0], cam_pos[2], 0.5)]
+    names = list(PALETTE)
+    for _ in range(int(rng.integers(1, 5))):
+        kind = _pick(rng, ["box", "sphere", "cylinder"])
+        cname = _pick(rng, names)
+        mat = Material("solid", PALETTE[cname], cname, seed=int(rng.integers(1 << 30)))
+        if kind == "box":
+            half = (rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6))
+            radius = float(np.hypot(half[0], half[2]))
+        elif kind == "sphere":
+            radius = rng.uniform(0.15, 0.5)
+        else:
+            radius = rng.uniform(0.1, 0.4)
+        for _attempt in range(30):  # rejection sampling of a free spot in front of the camera
+            x = rng.uniform(x0 + radius + 0.05, x1 - radius - 0.05)
+            z = rng.uniform(cam_pos[2] + 1.0 + radius, z1 - radius - 0.05)
+            if all(np.hypot(x - fx, z - fz) > radius + fr + 0.05 for fx, fz, fr in footprints):
+                break
+        else:
+            continue
+        footprints.append((x, z, radius))
+        if kind == "box":
+            objects.append(Box((x, half[1], z), half, rng.uniform(0, np.pi), mat))
+        elif kind == "sphere":
+            objects.append(Sphere((x, radius, z), radius, mat))
+        else:
+            objects.append(Cylinder((x, z), radius, 0.0, rng.uniform(0.3, 1.3), mat))
+
+    light = (rng.uniform(x0 + 0.3, x1 - 0.3), height - 0.15, rng.uniform(z0 + 0.5, z1 - 0.5))
+    spec = SceneSpec(
+        room, objects, light, light_power=rng.uniform(0.8, 1.3), ambient=rng.uniform(0.15, 0.35),
+        noise_seed=int(rng.integers(1 << 30)),
+    )
+    return spec, camera
+
+
+def render_scene(rng_or_seed: np.random.Generator | int, size: int | tuple[int, int] = 128) -> Scene:
+    """A random scene rendered at size (H, W) (or an int for square); deterministic per seed."""
+    rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
+    spec, camera = random_spec(rng)
+    h, w = _as_hw(size)
+    # Half the samples get NYU-like invalid borders (about 2% of the short side).
+    border = int(round(0.02 * min(h, w))) if rng.random() < 0.5 else 0
+    return render(spec, camera, (h, w), invalid_border=border)
+
+
+# ---------------------------------------------------------------------------- dataset writer
+
+_SPLITS = ("train", "test")
+
+
+def scene_seed(seed: int, split: str, index: int) -> np.random.SeedSequence:
+    """Seed of sample `index` of `split`: independent of how many samples are made."""
+    return np.random.SeedSequence(entropy=int(seed), spawn_key=(_SPLITS.index(split), int(index)))
+
+
+def scene_id(index: int) -> str:
+    return f"scene_{index:06d}"
+
+
+def make_scenes(
+    out_root: str | os.PathLike,
+    n_train: int,
+    n_test: int,
+    size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write a procedural dataset in the SPEC 5 layout (img, norm, norm_npy, caption; train/test).
+
+    Resumable: a sample whose files all exist is skipped. Returns {"written": n, "skipped": n}.
+    """
+    from tqdm import tqdm
+
+    from diff2in1.data.layout import is_complete, write_sample
+
+    out_root = Path(out_root)
+    jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
+    written = skipped = 0
+    for split, i in tqdm(jobs, desc="scenes", unit="img", disable=not progress):
+        sid = scene_id(i)
+        if is_complete(out_root, split, sid, float_normals=True):
+            skipped += 1
+            continue
+        scene = render_scene(np.random.default_rng(scene_seed(seed, split, i)), size)
+        write_sample(out_root, split, sid, scene.image, scene.normal, scene.caption, mask=scene.mask)
+        written += 1
+    return {"written": written, "skipped": skipped}
+
+
+__all__ = [
+    "CV_TO_DATASET",
+    "Box",
+    "Camera",
+    "Cylinder",
+    "Material",
+    "Room",
+    "Scene",
+    "SceneSpec",
+    "Sphere",
+    "Window",
+    "cv_to_dataset",
+    "make_scenes",
+    "random_spec",
+    "render",
+    "render_scene",
+    "scene_id",
+    "scene_seed",
+]

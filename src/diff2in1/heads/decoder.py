@@ -1,0 +1,190 @@
+"""Bae et al. (2021) normal decoder, "GN" variant, with uncertainty-guided point refinement (SPEC 3).
+
+Inputs f4..f0 at 1/32 .. 1/2 of the image. Outputs are 4-channel maps [unit xyz, kappa].
+Training refines N = int(ratio * H * W) points per scale, chosen by `sample_point_indices`;
+eval refines every pixel (a dense 1x1 conv is the point MLP run everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MIN_KAPPA = 0.01
+
+
+def norm_normalize(out: Tensor) -> Tensor:
+    """(B, 4, ...) raw -> [xyz / (||xyz|| + 1e-10), elu(k) + 1 + 0.01]."""
+    xyz, k = out[:, :3], out[:, 3:]
+    norm = torch.sqrt((xyz * xyz).sum(1, keepdim=True)) + 1e-10
+    return torch.cat([xyz / norm, F.elu(k) + 1.0 + MIN_KAPPA], 1)
+
+
+def up2(x: Tensor) -> Tensor:
+    """2x bilinear upsampling, align_corners True (the decoder's "2x")."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+class WSConv2d(nn.Conv2d):
+    """Conv2d with weight standardisation per output channel: (W - mean) / (std_unbiased + 1e-10)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight
+        w = w - w.mean(dim=(1, 2, 3), keepdim=True)
+        std = w.flatten(1).std(dim=1).view(-1, 1, 1, 1)
+        return self._conv_forward(x, w / (std + 1e-10), self.bias)
+
+
+class UpBlock(nn.Module):
+    """Resize to the skip's size (align_corners True), [up, skip], 2 x (WS-conv3x3, GN, LeakyReLU)."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = WSConv2d(in_channels, out_channels, 3, padding=1)
+        self.norm1 = nn.GroupNorm(groups, out_channels)
+        self.conv2 = WSConv2d(out_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels)
+
+    def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        h = F.leaky_relu(self.norm1(self.conv1(torch.cat([up, skip], 1))), 0.01)
+        return F.leaky_relu(self.norm2(self.conv2(h)), 0.01)
+
+
+def refine_mlp(in_channels: int, hidden: int) -> nn.Sequential:
+    """Pointwise MLP of 1x1 conv1d: in -> hidden -> hidden -> hidden -> 4 (ReLU between)."""
+    return nn.Sequential(
+        nn.Conv1d(in_channels, hidden, 1),
+        nn.ReLU(),
+        nn.Conv1d(hidden, hidden, 1),
+        nn.ReLU(),
+        nn.Conv1d(hidden, hidden, 1),
+        nn.ReLU(),
+        nn.Conv1d(hidden, 4, 1),
+    )
+
+
+def sample_point_indices(kappa: Tensor, valid: Tensor | None, n_points: int, n_uncertain: int) -> Tensor:
+    """Flat pixel indices (B, n_points): the n_uncertain lowest-kappa pixels, then the rest at random.
+
+    kappa (B, H, W); valid (B, H, W) bool or None. Invalid pixels are ranked after every valid one,
+    so they are never among the uncertain ones while enough valid pixels exist. The random part is
+    drawn uniformly without replacement from all remaining pixels, batched (no loop over B).
+    """
+    b = kappa.shape[0]
+    score = -kappa.reshape(b, -1)  # higher = more uncertain
+    if valid is not None:
+        score = score.masked_fill(~valid.reshape(b, -1), float("-inf"))
+    order = score.argsort(dim=1, descending=True)
+    uncertain, rest = order[:, :n_uncertain], order[:, n_uncertain:]
+    n_random = n_points - n_uncertain
+    if n_random <= 0:
+        return uncertain
+    pick = torch.rand(rest.shape, device=rest.device).argsort(dim=1)[:, :n_random]
+    return torch.cat([uncertain, rest.gather(1, pick)], 1)
+
+
+def indices_to_coords(idx: Tensor, height: int, width: int) -> Tensor:
+    """Flat indices (B, N) -> grid_sample coordinates (B, N, 2) as (x, y) in [-1, 1], align_corners True."""
+    rows = torch.div(idx, width, rounding_mode="floor")
+    cols = idx - rows * width
+    # max(.., 1) keeps a 1-pixel axis at -1 instead of dividing by zero.
+    x = cols.float() / max(width - 1, 1) * 2.0 - 1.0
+    y = rows.float() / max(height - 1, 1) * 2.0 - 1.0
+    return torch.stack([x, y], -1)
+
+
+def point_sample(x: Tensor, coords: Tensor) -> Tensor:
+    """Bilinear read (align_corners True) of x (B, C, h, w) at coords (B, N, 2) -> (B, C, N)."""
+    return F.grid_sample(x, coords.unsqueeze(1).to(x.dtype), mode="bilinear", align_corners=True)[:, :, 0]
+
+
+@dataclass
+class DecoderOutput:
+    """final (B, 4, H, W) at 2x the d4 size; coarse (B, 4, H/8, W/8); per refinement scale (1/4, 1/2, 1)
+    in training: point predictions (B, 4, N_s) and their coordinates (B, N_s, 2)."""
+
+    final: Tensor
+    coarse: Tensor
+    point_preds: list[Tensor] = field(default_factory=list)
+    point_coords: list[Tensor] = field(default_factory=list)
+
+
+class NormalDecoder(nn.Module):
+    """d0 = 1x1 conv on f4, four up-blocks, a 1/8 output and three refinements (1/4, 1/2, 1)."""
+
+    def __init__(
+        self,
+        skip_channels: tuple[int, int, int, int, int],
+        widths: tuple[int, int, int, int, int],
+        refine_hidden: int = 128,
+        gn_groups: int = 8,
+        sampling_ratio: float = 0.4,
+        importance_ratio: float = 0.7,
+    ) -> None:
+        super().__init__()
+        c4, c3, c2, c1, c0 = skip_channels
+        w0, w1, w2, w3, w4 = widths
+        self.sampling_ratio = sampling_ratio
+        self.importance_ratio = importance_ratio
+        self.d0 = nn.Conv2d(c4, w0, 1)
+        self.up1 = UpBlock(w0 + c3, w1, gn_groups)
+        self.up2 = UpBlock(w1 + c2, w2, gn_groups)
+        self.up3 = UpBlock(w2 + c1, w3, gn_groups)
+        self.up4 = UpBlock(w3 + c0, w4, gn_groups)
+        self.out8 = nn.Conv2d(w2, 4, 3, padding=1)
+        # Note the 1/4 refinement reads d2 (not d3), as in the research decoder.
+        self.refine4 = refine_mlp(w2 + 4, refine_hidden)
+        self.refine2 = refine_mlp(w3 + 4, refine_hidden)
+        self.refine1 = refine_mlp(w4 + 4, refine_hidden)
+
+    def forward(
+        self, skips: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], gt_mask: Tensor | None = None
+    ) -> DecoderOutput:
+        f4, f3, f2, f1, f0 = skips
+        d1 = self.up1(self.d0(f4), f3)
+        d2 = self.up2(d1, f2)  # 1/8
+        d3 = self.up3(d2, f1)  # 1/4
+        d4 = self.up4(d3, f0)  # 1/2
+        coarse = norm_normalize(self.out8(d2))
+        out = DecoderOutput(final=coarse, coarse=coarse)
+        pred = coarse
+        for mlp, feat in ((self.refine4, d2), (self.refine2, d3), (self.refine1, d4)):
+            if self.training:
+                pred, pts, coords = self._refine_points(mlp, feat, pred, gt_mask)
+                out.point_preds.append(pts)
+                out.point_coords.append(coords)
+            else:
+                pred = self._refine_dense(mlp, feat, pred)
+        out.final = pred
+        return out
+
+    @staticmethod
+    def _refine_dense(mlp: nn.Sequential, feat: Tensor, prev: Tensor) -> Tensor:
+        """Refine every pixel of the 2x grid: feat (B, C, h, w), prev (B, 4, h, w) -> (B, 4, 2h, 2w)."""
+        x = torch.cat([up2(feat), up2(prev)], 1)
+        b, c, h, w = x.shape
+        return norm_normalize(mlp(x.reshape(b, c, h * w))).reshape(b, 4, h, w)
+
+    def _refine_points(
+        self, mlp: nn.Sequential, feat: Tensor, prev: Tensor, gt_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Start from 2x(prev) and overwrite N refined points. Returns (dense (B, 4, 2h, 2w),
+        point predictions (B, 4, N), point coords (B, N, 2))."""
+        dense = up2(prev)
+        b, _, h, w = dense.shape
+        n_points = int(self.sampling_ratio * h * w)
+        n_uncertain = int(self.importance_ratio * n_points)
+        valid = None
+        if gt_mask is not None:
+            valid = F.interpolate(gt_mask.to(dense.dtype), size=(h, w), mode="nearest")[:, 0] > 0.5
+        idx = sample_point_indices(dense[:, 3].detach(), valid, n_points, n_uncertain)  # (B, N)
+        coords = indices_to_coords(idx, h, w)
+        # Reading 2x(feat) at a pixel of the 2x grid equals reading feat at the same normalised
+        # coordinate (align_corners True), so the upsampled features are never materialised.
+        pts = norm_normalize(mlp(torch.cat([point_sample(feat, coords), point_sample(prev, coords)], 1)))
+        dense = dense.reshape(b, 4, h * w).scatter(2, idx.unsqueeze(1).expand(-1, 4, -1), pts.to(dense.dtype))
+        return dense.reshape(b, 4, h, w), pts, coords

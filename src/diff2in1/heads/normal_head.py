@@ -1,0 +1,213 @@
+"""The perception head: feature fusion + Bae decoder -> per-pixel unit normal and kappa (SPEC 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ..errors import InputError
+from .decoder import NormalDecoder
+from .fusion import FeatureFusion, FeatureGroups
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "diff2in1-normal-head"
+
+
+@dataclass
+class HeadConfig:
+    """Widths of the head. JSON-serialisable through `to_dict` / `from_dict`.
+
+    in_channels: total channels of the (low, mid, high, highest) tap groups.
+    f4, f3, f2, g, f1, f0: fusion widths (each projection's width equals its block's output width).
+    decoder_widths: d0 .. d4 widths of the decoder (d0 = the 1x1 conv on f4).
+    """
+
+    in_channels: tuple[int, int, int, int]
+    f4: int = 2048
+    f3: int = 176
+    f2: int = 64
+    g: int = 64
+    f1: int = 40
+    f0: int = 24
+    decoder_widths: tuple[int, int, int, int, int] = (2048, 1024, 512, 256, 128)
+    refine_hidden: int = 128
+    gn_groups: int = 8
+    sampling_ratio: float = 0.4
+    importance_ratio: float = 0.7
+
+    def __post_init__(self) -> None:
+        self.in_channels = tuple(int(c) for c in self.in_channels)  # type: ignore[assignment]
+        self.decoder_widths = tuple(int(c) for c in self.decoder_widths)  # type: ignore[assignment]
+        if len(self.in_channels) != 4 or min(self.in_channels) < 1:
+            raise ValueError(
+                f"in_channels must be 4 positive ints (low, mid, high, highest): {self.in_channels}"
+            )
+        if len(self.decoder_widths) != 5 or min(self.decoder_widths) < 1:
+            raise ValueError(f"decoder_widths must be 5 positive ints (d0..d4): {self.decoder_widths}")
+        widths = (self.f4, self.f3, self.f2, self.g, self.f1, self.f0, self.refine_hidden)
+        if min(widths) < 1:
+            raise ValueError(f"head widths must be positive: {widths}")
+        bad = [w for w in self.decoder_widths[1:] if w % self.gn_groups]
+        if bad:
+            raise ValueError(f"decoder widths {bad} are not divisible by gn_groups={self.gn_groups}")
+        if not (0.0 < self.sampling_ratio <= 1.0 and 0.0 <= self.importance_ratio <= 1.0):
+            raise ValueError("sampling_ratio must be in (0, 1] and importance_ratio in [0, 1]")
+
+    @classmethod
+    def reference(cls) -> HeadConfig:
+        """The research widths for SD v1.5 taps."""
+        return cls(in_channels=(7680, 7040, 4160, 2560))
+
+    @classmethod
+    def small(cls, in_channels: tuple[int, int, int, int], width: int = 16) -> HeadConfig:
+        """A scaled-down head for tiny backbones and tests; width must be a multiple of 8."""
+        w = width
+        return cls(
+            in_channels=in_channels,
+            f4=4 * w,
+            f3=2 * w,
+            f2=w,
+            g=w,
+            f1=w,
+            f0=w,
+            decoder_widths=(4 * w, 4 * w, 2 * w, 2 * w, w),
+            refine_hidden=w,
+        )
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["in_channels"] = list(self.in_channels)
+        d["decoder_widths"] = list(self.decoder_widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k != "model_type"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown head config keys: {unknown}")
+        return cls(**d)
+
+
+@dataclass
+class HeadOutput:
+    """Head prediction.
+
+    normal (B, 3, H, W) unit vectors and kappa (B, 1, H, W) > 0.01 at the requested size.
+    coarse (B, 4, H/8, W/8): the 1/8 output [xyz, kappa].
+    Training only, one entry per refinement scale (1/4, 1/2, 1): point_preds (B, 4, N_s) the refined
+    [xyz, kappa] at the sampled points, point_coords (B, N_s, 2) their (x, y) grid_sample
+    coordinates in [-1, 1] (align_corners True).
+    """
+
+    normal: Tensor
+    kappa: Tensor
+    coarse: Tensor | None = None
+    point_preds: list[Tensor] = field(default_factory=list)
+    point_coords: list[Tensor] = field(default_factory=list)
+
+
+class NormalHead(nn.Module):
+    """Fusion (`fusion`) + decoder (`decoder`). See `forward`."""
+
+    def __init__(self, config: HeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.fusion = FeatureFusion(c.in_channels, c.f4, c.f3, c.f2, c.g, c.f1, c.f0)
+        self.decoder = NormalDecoder(
+            skip_channels=(c.f4, c.f3, c.f2, c.f1, c.f0),
+            widths=c.decoder_widths,
+            refine_hidden=c.refine_hidden,
+            gn_groups=c.gn_groups,
+            sampling_ratio=c.sampling_ratio,
+            importance_ratio=c.importance_ratio,
+        )
+
+    def forward(
+        self,
+        feats: FeatureGroups,
+        image_size: tuple[int, int] | None = None,
+        gt_mask: Tensor | None = None,
+    ) -> HeadOutput:
+        """feats: tap groups at L/8, L/4, L/2, L. The native output size is 8x the `highest` size
+        (the image size); `image_size` other than that resizes the output (bilinear) and renormalises.
+        gt_mask (B, 1, H, W) or (B, H, W), True = valid; used in training to keep invalid pixels out of
+        the uncertain points."""
+        if gt_mask is not None and gt_mask.dim() == 3:
+            gt_mask = gt_mask.unsqueeze(1)
+        dec = self.decoder(self.fusion(feats), gt_mask if self.training else None)
+        final = dec.final
+        renorm = self.training  # unrefined training pixels are interpolated, not unit
+        if image_size is not None and tuple(image_size) != tuple(final.shape[-2:]):
+            final = F.interpolate(final, size=tuple(image_size), mode="bilinear", align_corners=False)
+            renorm = True
+        normal, kappa = final[:, :3], final[:, 3:]
+        if renorm:
+            normal = normal / (torch.linalg.vector_norm(normal, dim=1, keepdim=True) + 1e-10)
+        return HeadOutput(normal, kappa, dec.coarse, dec.point_preds, dec.point_coords)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json + model.safetensors (all parameters and buffers) into `directory`."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, **self.config.to_dict()}
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> NormalHead:
+        """Load a folder written by `save_pretrained`; InputError naming the file on any problem."""
+        folder = Path(directory)
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise InputError(f"{p}: missing (a head folder needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            config = HeadConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+            raise InputError(f"{cfg_path}: not a valid head config ({e})") from None
+        model = cls(config)
+        try:
+            state = load_file(str(w_path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise InputError(f"{w_path}: not a readable safetensors file ({e})") from None
+        check_state_dict(model.state_dict(), state, w_path)
+        model.load_state_dict(state, strict=True)
+        return model.to(device)
+
+
+def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], source: str | Path) -> None:
+    """InputError naming `source` if `state` misses/adds keys or differs in shape from `expected`."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing keys {short_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {short_list(unexpected)}")
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatches {short_list(shapes)}")
+    if problems:
+        raise InputError(f"{source}: does not match the head ({'; '.join(problems)})")
+
+
+def short_list(items: list[str], limit: int = 5) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return "[" + ", ".join(items[:limit]) + "]" + more

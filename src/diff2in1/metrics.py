@@ -1,0 +1,105 @@
+"""Surface-normal metrics (SPEC 9): angular error in degrees, pooled over all valid pixels.
+
+Functions accept numpy arrays or torch tensors. Errors are computed in float64 with exact pi and
+kept as float32 (ample for degrees); the pooled median is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+THRESHOLDS = {"a11": 11.25, "a22": 22.5, "a30": 30.0}
+
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def angular_error_deg(pred, gt, dim: int = -3):
+    """Angle in degrees between pred and gt along `dim` (default -3: (..., 3, H, W)).
+
+    Both are normalised (cosine similarity), cos is clamped to [-1, 1]. Returns the input's kind
+    (torch -> float64 tensor on its device, otherwise a float64 numpy array) with `dim` removed.
+    """
+    if isinstance(pred, torch.Tensor) or isinstance(gt, torch.Tensor):
+        p = torch.as_tensor(pred).double()
+        g = torch.as_tensor(gt).double().to(p.device)
+        cos = torch.nn.functional.cosine_similarity(p, g, dim=dim, eps=1e-12)
+        return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+    p, g = np.asarray(pred, dtype=np.float64), np.asarray(gt, dtype=np.float64)
+    denom = np.maximum(np.linalg.norm(p, axis=dim) * np.linalg.norm(g, axis=dim), 1e-12)
+    cos = np.clip((p * g).sum(axis=dim) / denom, -1.0, 1.0)
+    return np.arccos(cos) * (180.0 / math.pi)
+
+
+def normal_metrics(errors) -> dict[str, float]:
+    """errors: any shape, degrees, only valid pixels -> mean, median, rmse, a11, a22, a30 (percent)."""
+    e = _to_numpy(errors).astype(np.float64).ravel()
+    if e.size == 0:
+        raise ValueError("no valid pixels to compute normal metrics on")
+    out = {
+        "mean": float(e.mean()),
+        "median": float(np.median(e)),
+        "rmse": float(np.sqrt(np.mean(e * e))),
+    }
+    for name, t in THRESHOLDS.items():
+        out[name] = float(np.mean(e < t) * 100.0)
+    out["n_pixels"] = int(e.size)
+    return out
+
+
+class MetricAccumulator:
+    """Pools the angular errors of every valid pixel of a test set (exact median).
+
+    The whole state is `state()`, a 1-D float32 array of errors; a distributed run gathers the
+    states of all ranks and concatenates them (`merge`), which equals a single-process run.
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[np.ndarray] = []
+
+    def update(self, pred, gt, mask=None, dim: int = -3) -> np.ndarray:
+        """Add a batch. pred/gt (..., 3, H, W) along `dim`; mask (..., H, W) or (..., 1, H, W), True =
+        valid. Returns this batch's valid errors."""
+        err = _to_numpy(angular_error_deg(pred, gt, dim))
+        if mask is not None:
+            m = _to_numpy(mask).astype(bool)
+            if m.ndim == err.ndim + 1:
+                m = np.squeeze(m, axis=dim)
+            err = err[np.broadcast_to(m, err.shape)]
+        return self.add_errors(err)
+
+    def add_errors(self, errors) -> np.ndarray:
+        """Add already computed errors (degrees, valid pixels only)."""
+        e = _to_numpy(errors).astype(np.float32).ravel()
+        self._chunks.append(e)
+        return e
+
+    def state(self) -> np.ndarray:
+        """All errors so far, 1-D float32 (compacted into one chunk)."""
+        if len(self._chunks) != 1:
+            self._chunks = [np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)]
+        return self._chunks[0]
+
+    def merge(self, other) -> MetricAccumulator:
+        """Add another accumulator or a `state()` array (e.g. gathered from another rank)."""
+        self.add_errors(other.state() if isinstance(other, MetricAccumulator) else other)
+        return self
+
+    @classmethod
+    def from_states(cls, states) -> MetricAccumulator:
+        acc = cls()
+        for s in states:
+            acc.merge(s)
+        return acc
+
+    def __len__(self) -> int:
+        return sum(c.size for c in self._chunks)
+
+    def compute(self) -> dict[str, float]:
+        return normal_metrics(self.state())

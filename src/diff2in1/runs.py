@@ -1,0 +1,191 @@
+"""Run folders: the copied config, atomic files, resumable training state, CSV logs.
+
+A run folder holds:
+  config.yaml          every hyper-parameter of the run (written once, checked on resume)
+  state/               the latest resumable state (head(s), optimizer, counters, RNG)
+  checkpoints/         kept head checkpoints, one folder per epoch (`epoch_0005/...`)
+  log.csv              one row per optimizer step
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .errors import InputError
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path`.
+
+    The old folder is moved aside first and deleted after, so a crash leaves either the old
+    or the new folder complete (plus a stray `.old`/`.tmp` folder that the next call removes).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses / tuples / paths -> YAML- and JSON-friendly values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class RunDir:
+    """One training run's folder (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def has_state(self) -> bool:
+        return (self.state_dir / "state.json").exists()
+
+    def start(self, config: Any, resume: bool) -> None:
+        """Write config.yaml (new run) or check it matches (resume).
+
+        A new run refuses a folder that already holds a run, so no work is overwritten.
+        """
+        plain = to_plain(config)
+        if resume:
+            if not self.config_path.exists():
+                raise InputError(f"{self.root}: nothing to resume (no config.yaml)")
+            saved = yaml.safe_load(self.config_path.read_text())
+            changed = sorted(k for k in plain if k not in _RESUME_FREE and saved.get(k) != plain[k])
+            if changed:
+                detail = ", ".join(f"{k}: {saved.get(k)!r} -> {plain[k]!r}" for k in changed[:4])
+                raise InputError(f"{self.config_path}: --resume with different settings ({detail})")
+            return
+        if self.config_path.exists():
+            raise InputError(f"{self.root}: already holds a run; use --resume or another --out")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.config_path, yaml.safe_dump(plain, sort_keys=False))
+
+    # ------------------------------------------------------------- training state
+    def save_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:
+        """Atomically write named tensor groups (safetensors) + JSON meta as the resume state."""
+        with atomic_dir(self.state_dir) as tmp:
+            for name, sd in tensors.items():
+                save_file(
+                    {k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp / f"{name}.safetensors"
+                )
+            (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+
+    def load_state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        meta = json.loads((self.state_dir / "state.json").read_text())
+        tensors = {p.stem: load_file(p) for p in self.state_dir.glob("*.safetensors")}
+        return tensors, meta
+
+    def checkpoint_dir(self, epoch: int, name: str = "head") -> Path:
+        return self.root / "checkpoints" / f"epoch_{epoch:04d}" / name
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one row to log.csv (header written with the first row)."""
+        path = self.root / "log.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    def truncate_log(self, global_step: int) -> None:
+        """Drop log rows past `global_step` (written after the state a resume restarts from)."""
+        path = self.root / "log.csv"
+        if not path.exists():
+            return
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        keep = [r for r in rows if int(r["step"]) <= global_step]
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+            if keep:
+                w = csv.DictWriter(f, fieldnames=list(keep[0]))
+                w.writeheader()
+                w.writerows(keep)
+
+
+# Settings a resumed run may change without changing its result.
+_RESUME_FREE = {"epochs", "num_workers", "progress", "checkpoint_every", "device"}
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten an optimizer state dict into tensors (safetensors) + JSON-able meta."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

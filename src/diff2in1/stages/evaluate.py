@@ -1,0 +1,137 @@
+"""Evaluation on a labelled split (SPEC 9): float predictions, exact pi, pooled pixels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import NormalsDataset
+from ..metrics import MetricAccumulator, angular_error_deg
+from ..runs import write_text_atomic
+from ..viz import error_to_rgb, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
+from .predict import NormalPredictor
+
+METRIC_NAMES = ("mean", "median", "rmse", "a11", "a22", "a30")
+METRIC_LABELS = {
+    "mean": "mean",
+    "median": "median",
+    "rmse": "rmse",
+    "a11": "<11.25",
+    "a22": "<22.5",
+    "a30": "<30",
+}
+
+
+@dataclass
+class EvalResult:
+    """Pooled metrics (degrees / %), per-image rows and the files written."""
+
+    metrics: dict[str, float]
+    per_image: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _collate(items: list[dict]) -> list[dict]:
+    return items  # images may differ in size: the predictor resizes each
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """Metric rows (name -> metrics) as a Markdown table."""
+    head = "| head | " + " | ".join(METRIC_LABELS[m] for m in METRIC_NAMES) + " |"
+    sep = "|---" * (len(METRIC_NAMES) + 1) + "|"
+    body = [
+        f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in METRIC_NAMES) + " |" for name, m in rows.items()
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def evaluate(
+    predictor: NormalPredictor,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    batch_size: int = 4,
+    grid_rows: int = 6,
+    progress: bool = True,
+    limit: int = 0,
+) -> EvalResult:
+    """Metrics of `predictor` on `data/split`; with `out`, writes metrics.json, per_image.csv, grid.png."""
+    dataset = NormalsDataset(data, split, size=None)
+    n = min(len(dataset), limit) if limit else len(dataset)
+    subset = torch.utils.data.Subset(dataset, range(n))
+    loader = DataLoader(subset, batch_size=batch_size, collate_fn=_collate)
+    acc = MetricAccumulator()
+    per_image, picture_rows = [], []
+    for items in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        x = torch.stack(
+            [
+                torch.nn.functional.interpolate(
+                    it["image"][None],
+                    size=predictor.resolution,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
+                for it in items
+            ]
+        )
+        pred = predictor(x, out_size=predictor.resolution, ids=[it["index"] for it in items])
+        for it, nrm, kap in zip(items, pred.normal, pred.kappa, strict=True):
+            size = tuple(it["normal"].shape[-2:])
+            nrm = torch.nn.functional.interpolate(nrm[None], size=size, mode="bilinear", align_corners=False)[
+                0
+            ]
+            nrm = nrm / (torch.linalg.vector_norm(nrm, dim=0, keepdim=True) + 1e-10)
+            kap = torch.nn.functional.interpolate(kap[None], size=size, mode="bilinear", align_corners=False)[
+                0
+            ]
+            mask = it["mask"][0]
+            err = angular_error_deg(nrm.cpu(), it["normal"]).float()  # (H, W) degrees
+            valid = err[mask]
+            acc.add_errors(valid)
+            per_image.append(
+                {
+                    "id": it["id"],
+                    "pixels": int(valid.numel()),
+                    "mean": float(valid.mean()) if valid.numel() else float("nan"),
+                    "median": float(valid.median()) if valid.numel() else float("nan"),
+                }
+            )
+            if len(picture_rows) < grid_rows:
+                m = mask.numpy()
+                picture_rows.append(
+                    [
+                        image_to_rgb(it["image"].permute(1, 2, 0).numpy()),
+                        normal_to_rgb(it["normal"].permute(1, 2, 0).numpy(), m),
+                        normal_to_rgb(nrm.permute(1, 2, 0).cpu().numpy()),
+                        error_to_rgb(err.numpy(), m),
+                        uncertainty_to_rgb(kap[0].cpu().numpy()),
+                    ]
+                )
+    metrics = acc.compute()
+    result = EvalResult(
+        metrics={k: float(metrics[k]) for k in METRIC_NAMES} | {"pixels": len(acc)}, per_image=per_image
+    )
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "metrics.json", json.dumps(result.metrics, indent=1))
+        lines = ["id,pixels,mean,median"] + [
+            f"{r['id']},{r['pixels']},{r['mean']:.4f},{r['median']:.4f}" for r in per_image
+        ]
+        write_text_atomic(out / "per_image.csv", "\n".join(lines) + "\n")
+        save_png(
+            grid(
+                picture_rows,
+                ["image", "ground truth", "prediction", "error (0-45 deg)", "uncertainty (0-45 deg)"],
+                cell=160,
+            ),
+            out / "grid.png",
+        )
+        result.files = {k: str(out / k) for k in ("metrics.json", "per_image.csv", "grid.png")}
+    return result

@@ -1,0 +1,158 @@
+"""Inference: the head on the frozen backbone's features, at any input size (SPEC 3, 9).
+
+`NormalPredictor` is the Python API; `predict_files` the `diff2in1 predict` command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..backbone import Backbone, load_backbone
+from ..data.imageio import load_rgb
+from ..errors import InputError
+from ..heads import NormalHead
+from ..info import best_device
+from ..viz import normal_to_rgb, save_png, uncertainty_to_rgb
+from .loop import mix_seed
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Prediction:
+    """normal (B, 3, H, W) unit vectors, kappa (B, 1, H, W), at the requested output size."""
+
+    normal: torch.Tensor
+    kappa: torch.Tensor
+
+
+def resize_normals(normal: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, 3, h, w) normals to `size`, renormalised (SPEC 9)."""
+    if tuple(normal.shape[-2:]) != tuple(size):
+        normal = F.interpolate(normal, size=size, mode="bilinear", align_corners=False)
+    return normal / (torch.linalg.vector_norm(normal, dim=1, keepdim=True) + 1e-10)
+
+
+class NormalPredictor:
+    """Backbone + head in eval mode: images in [-1, 1] -> normals and kappa.
+
+    Images are squashed to `resolution` for the model (as the research code does) and the
+    prediction is resized back to each image's own size.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: NormalHead,
+        resolution: tuple[int, int] = (512, 512),
+        seed: int = 0,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if resolution[0] % 64 or resolution[1] % 64:
+            raise InputError(f"resolution {resolution} must be a multiple of 64 on both sides")
+        self.backbone, self.head = backbone, head.to(backbone.device).eval()
+        self.resolution, self.seed, self.autocast_dtype = tuple(resolution), seed, autocast_dtype
+
+    @classmethod
+    def from_paths(cls, backbone: str, head: str, device: str = "auto", **kw) -> NormalPredictor:
+        dev = best_device() if device == "auto" else device
+        return cls(load_backbone(backbone, device=dev), NormalHead.from_pretrained(head), **kw)
+
+    @torch.no_grad()
+    def __call__(
+        self, images: torch.Tensor, out_size: tuple[int, int] | None = None, ids: Iterable[int] | None = None
+    ) -> Prediction:
+        """images (B, 3, H, W) in [-1, 1] -> Prediction at `out_size` (default: H, W).
+
+        `ids` (one int per image) fix each image's noise, so results do not depend on batching.
+        """
+        out_size = out_size or tuple(images.shape[-2:])
+        x = images.to(self.backbone.device, torch.float32)
+        if tuple(x.shape[-2:]) != self.resolution:
+            x = F.interpolate(x, size=self.resolution, mode="bilinear", align_corners=False, antialias=True)
+        seeds = [mix_seed(self.seed, i) for i in (ids if ids is not None else range(x.shape[0]))]
+        dev = self.backbone.device.type
+        with torch.autocast(dev, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            feats = self.backbone.perceive(x, seeds=seeds)
+        out = self.head(feats.to(torch.float32), image_size=self.resolution)
+        normal = resize_normals(out.normal.float(), out_size)
+        kappa = out.kappa.float()
+        if tuple(kappa.shape[-2:]) != tuple(out_size):
+            kappa = F.interpolate(kappa, size=out_size, mode="bilinear", align_corners=False)
+        return Prediction(normal=normal, kappa=kappa)
+
+
+def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files and folders (searched recursively) -> sorted image paths; errors name the input."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"{p}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not found:
+        raise InputError("no images found in " + ", ".join(map(str, inputs)))
+    return found
+
+
+def write_prediction(out_dir: Path, stem: str, normal: np.ndarray, kappa: np.ndarray) -> None:
+    """normal (H, W, 3), kappa (H, W) -> <stem>_normal.png, <stem>_normal.npy, <stem>_uncertainty.png."""
+    from ..data.imageio import save_npy
+
+    save_png(normal_to_rgb(normal), out_dir / f"{stem}_normal.png")
+    save_npy(out_dir / f"{stem}_normal.npy", normal.astype(np.float32))
+    save_npy(out_dir / f"{stem}_kappa.npy", kappa.astype(np.float32))
+    save_png(uncertainty_to_rgb(kappa), out_dir / f"{stem}_uncertainty.png")
+
+
+def predict_files(
+    predictor: NormalPredictor,
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> list[Path]:
+    """Predict every image under `inputs`; writes colour normals, float .npy and uncertainty."""
+    files = collect_images(inputs)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems: dict[str, int] = {}
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        arrays = [load_rgb(f) for f in chunk]
+        x = torch.stack(
+            [
+                F.interpolate(
+                    torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1,
+                    size=predictor.resolution,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
+                for a in arrays
+            ]
+        )
+        pred = predictor(x, out_size=predictor.resolution, ids=range(start, start + len(chunk)))
+        for f, a, n, k in zip(chunk, arrays, pred.normal, pred.kappa, strict=True):
+            size = a.shape[:2]
+            n = resize_normals(n[None], size)[0].permute(1, 2, 0).cpu().numpy()
+            k = F.interpolate(k[None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+            stem = f.stem if f.stem not in stems else f"{f.stem}_{stems[f.stem]}"
+            stems[f.stem] = stems.get(f.stem, 0) + 1
+            write_prediction(out_dir, stem, n, k)
+        bar.update(len(chunk))
+    bar.close()
+    return files

@@ -1,0 +1,68 @@
+"""Stage 1 (SPEC 6): warm-up of the normal head on the frozen backbone's features."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..backbone import Backbone, load_backbone
+from ..config import WarmupConfig
+from ..data import NormalsDataset
+from ..errors import InputError
+from ..heads import HeadConfig, NormalHead
+from ..losses import head_loss
+from ..runs import RunDir
+from .loop import LoopResult, make_accelerator, mix_seed, run_training
+
+
+def build_head(spec: str, backbone: Backbone) -> NormalHead:
+    """`reference` (research widths), `small` (toy widths), or a saved head folder."""
+    channels = backbone.tap_channels
+    in_channels = tuple(channels[g] for g in ("low", "mid", "high", "highest"))
+    if spec == "reference":
+        return NormalHead(dataclasses.replace(HeadConfig.reference(), in_channels=in_channels))
+    if spec == "small":
+        return NormalHead(HeadConfig.small(in_channels))
+    head = NormalHead.from_pretrained(spec)
+    if tuple(head.config.in_channels) != in_channels:
+        raise InputError(
+            f"{spec}: head expects tap channels {tuple(head.config.in_channels)}, "
+            f"the backbone gives {in_channels}"
+        )
+    return head
+
+
+def perception_step(
+    backbone: Backbone, head, batch: dict, cfg, step: int, rank: int, autocast
+) -> torch.Tensor:
+    """Loss of one labelled batch: features (no grad) -> head -> SPEC 4 loss."""
+    device = backbone.device
+    images = batch["image"].to(device, non_blocking=True)
+    normal = batch["normal"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    # An image's noise depends on (seed, step, sample index), not on its batch or process.
+    seeds = [mix_seed(cfg.seed, step, int(i)) for i in batch["index"]]
+    with torch.no_grad(), autocast():
+        feats = backbone.perceive(images, seeds=seeds, sample_posterior=cfg.sample_posterior)
+    feats = feats.to(torch.float32)
+    torch.manual_seed(mix_seed(cfg.seed, step, rank, 1))  # the head's random point choice
+    out = head(feats, image_size=tuple(images.shape[-2:]), gt_mask=mask)
+    return head_loss(out, normal, mask, kind=cfg.loss)
+
+
+def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | None = None) -> LoopResult:
+    """Run stage 1 into `cfg.out`; returns the steps, losses and the final head folder."""
+    dataset = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution)  # fails before any model loads
+    run = RunDir(cfg.out)
+    run.start(cfg, resume=resume)
+    accelerator = make_accelerator(cfg)
+    backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
+    backbone.to(accelerator.device)
+    head = build_head(cfg.head, backbone).to(accelerator.device)
+    rank = accelerator.process_index
+
+    def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
+        return perception_step(backbone, models["head"], batch, cfg, step, rank, accelerator.autocast)
+
+    return run_training(cfg, run, dataset, {"head": head}, "head", step_fn, accelerator, resume=resume)

@@ -1,0 +1,93 @@
+"""Pictures: normal maps, angular errors, uncertainty, labelled side-by-side grids."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# A perceptual-ish ramp (dark blue -> cyan -> yellow -> red), 5 anchors, linearly blended.
+_RAMP = np.array(
+    [[0.05, 0.03, 0.35], [0.0, 0.45, 0.85], [0.2, 0.85, 0.6], [0.98, 0.85, 0.1], [0.8, 0.05, 0.05]]
+)
+
+
+def colormap(values: np.ndarray, vmax: float, vmin: float = 0.0) -> np.ndarray:
+    """Scalars (H, W) -> uint8 RGB (H, W, 3) on the ramp, clipped to [vmin, vmax]."""
+    x = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1) * (len(_RAMP) - 1)
+    lo = np.floor(x).astype(int).clip(0, len(_RAMP) - 2)
+    w = (x - lo)[..., None]
+    return ((_RAMP[lo] * (1 - w) + _RAMP[lo + 1] * w) * 255).round().astype(np.uint8)
+
+
+def normal_to_rgb(normal: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Unit normals (H, W, 3) -> the usual colour coding (n + 1) / 2, invalid pixels black."""
+    rgb = ((np.asarray(normal, np.float32) + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+    if mask is not None:
+        rgb[~np.asarray(mask, bool)] = 0
+    return rgb
+
+
+def expected_angular_error(kappa: np.ndarray) -> np.ndarray:
+    """Expected angle (radians) between prediction and truth under the head's angular vMF.
+
+    The loss of SPEC 4 is the negative log of p(theta) ~ exp(-kappa * theta) on the sphere;
+    its mean angle is pi e^{-k pi} / (1 + e^{-k pi}) + 2k / (k^2 + 1): pi/2 for k -> 0 and
+    about 2/k for large k. This turns kappa into an uncertainty a person can read (degrees).
+    """
+    k = np.asarray(kappa, np.float64)
+    e = np.exp(-np.minimum(k * math.pi, 700.0))
+    return math.pi * e / (1 + e) + 2 * k / (k * k + 1)
+
+
+def uncertainty_to_rgb(kappa: np.ndarray, vmax_deg: float = 45.0) -> np.ndarray:
+    """kappa (H, W) -> colour picture of the expected angular error (0 .. vmax_deg degrees)."""
+    return colormap(np.degrees(expected_angular_error(kappa)), vmax_deg)
+
+
+def error_to_rgb(err_deg: np.ndarray, mask: np.ndarray | None = None, vmax_deg: float = 45.0) -> np.ndarray:
+    rgb = colormap(err_deg, vmax_deg)
+    if mask is not None:
+        rgb[~np.asarray(mask, bool)] = 0
+    return rgb
+
+
+def image_to_rgb(image: np.ndarray) -> np.ndarray:
+    """Image (H, W, 3) in [-1, 1] (float) or uint8 -> uint8."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    return ((image + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+
+
+def grid(
+    rows: list[list[np.ndarray]], labels: list[str] | None = None, cell: int | None = None
+) -> Image.Image:
+    """Tile uint8 RGB pictures into rows, with column labels on top; cells resized to `cell` high."""
+    h = cell or max(p.shape[0] for r in rows for p in r)
+    tiles = [
+        [Image.fromarray(p).resize((max(1, round(p.shape[1] * h / p.shape[0])), h)) for p in r] for r in rows
+    ]
+    w = max(t.width for r in tiles for t in r)
+    pad, top = 4, 16 if labels else 0
+    ncol = max(len(r) for r in tiles)
+    out = Image.new("RGB", (ncol * (w + pad) + pad, top + len(tiles) * (h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for c, name in enumerate(labels or []):
+        draw.text((pad + c * (w + pad) + 2, 2), name, fill=(0, 0, 0))
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            out.paste(t, (pad + c * (w + pad), top + pad + r * (h + pad)))
+    return out
+
+
+def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
+    """Write a PNG atomically."""
+    from .runs import atomic_path
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)

@@ -148,3 +148,31 @@ def test_bf16_cast_keeps_schedule_exact(tiny_backbone):
     assert torch.equal(bb.alphas_cumprod, tiny_backbone.alphas_cumprod)
     feats = bb.perceive(torch.zeros(1, 3, 64, 64))
     assert feats.low.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
+def test_single_file_loads_like_the_folder(tiny_backbone, tmp_path, suffix):
+    """The tiny model as an LDM-layout single file gives the same weights and taps."""
+    from diff2in1.checkpoint import save_single_file
+
+    path = tmp_path / f"tiny{suffix}"
+    save_single_file(tiny_backbone.unet, tiny_backbone.vae, tiny_backbone.text_encoder, path)
+    bb2 = load_backbone(path, config="tiny")
+    for (k, v), (k2, v2) in zip(tiny_backbone.state_dict().items(), bb2.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2), k
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    f1 = tiny_backbone.perceive(x, seeds=[7])
+    f2 = bb2.perceive(x, seeds=[7])
+    for g in GROUPS:
+        assert torch.equal(getattr(f1, g), getattr(f2, g))
+    with pytest.raises(InputError):  # the sd15 architecture does not fit these weights
+        load_backbone(path)
+
+
+def test_per_image_seeds_make_features_batch_independent(tiny_backbone):
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    together = tiny_backbone.perceive(x, seeds=[1, 2, 3])
+    alone = tiny_backbone.perceive(x[1:2], seeds=[2])
+    assert torch.allclose(together.highest[1:2], alone.highest, atol=1e-5)
+    other = tiny_backbone.perceive(x[1:2], seeds=[5])
+    assert not torch.allclose(other.highest, alone.highest, atol=1e-3)

@@ -151,8 +151,10 @@ def test_flat_ckpt_old_clip_names_and_extra_keys_load(tiny, files, tmp_path):
     old = {k.replace(LDM_TEXT_PREFIX + "text_model.", LDM_TEXT_PREFIX): v for k, v in sd.items()}
     old["alphas_cumprod"] = torch.linspace(1, 0, 1000)
     torch.save(old, tmp_path / "flat.pt")
-    for a, b in zip(tiny, _load(tmp_path / "flat.pt"), strict=True):
-        _assert_same_weights(a, b)
+    torch.save(old, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)  # pre-zip format
+    for name in ("flat.pt", "legacy.pth"):
+        for a, b in zip(tiny, _load(tmp_path / name), strict=True):
+            _assert_same_weights(a, b)
 
 
 def test_float16_export_and_dtype(tiny, tmp_path):

@@ -10,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from diff2in1.data import NormalsDataset, decode_normal_png, encode_normal_png, list_ids, read_sample, write_sample
+from diff2in1.data import (
+    NormalsDataset,
+    decode_normal_png,
+    encode_normal_png,
+    list_ids,
+    read_sample,
+    write_sample,
+)
 from diff2in1.data.dataset import resize_nearest
 from diff2in1.data.imageio import atomic_write
 from diff2in1.errors import InputError
@@ -135,7 +142,8 @@ def test_grayscale_normal_png_is_rejected(tiny):
         NormalsDataset(root, "train")
     with pytest.raises(InputError, match=r"b\.png"):
         read_sample(root, "train", "b")
-    ds = NormalsDataset(root, "train", on_error="skip")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        ds = NormalsDataset(root, "train", on_error="skip")
     assert ds.ids == ["a", "c"] and "mode L" in ds.skipped[0][1]
 
 
@@ -262,3 +270,27 @@ def test_write_sample_float_image_and_kappa(tmp_path):
     np.testing.assert_array_equal(s.normal, normal.permute(1, 2, 0).numpy())
     with pytest.raises(InputError, match="does not match|normal map is"):
         write_sample(tmp_path, "syn", "r2", img, np.zeros((H + 1, W, 3)), "x")
+
+
+def test_research_resize_mode(tmp_path):
+    # Columns with a linear x-gradient and one invalid pixel: bilinear values, conservative mask.
+    h, w = 2, 4
+    normal = np.zeros((h, w, 3), np.float32)
+    normal[..., 0] = np.linspace(-0.6, 0.6, w)[None]
+    normal[..., 2] = 0.8
+    mask = np.ones((h, w), bool)
+    mask[:, 3] = False
+    write_sample(tmp_path, "train", "g", np.zeros((h, w, 3), np.uint8), normal, "g", mask=mask)
+    item = no_warnings_dataset(tmp_path, "train", size=(h, 8), resize="research")[0]
+    got_mask = item["mask"][0, 0].numpy()
+    # Output column j samples source x = (j + 0.5) / 2 - 0.5 (half-pixel centres, clamped at 0).
+    src = np.clip((np.arange(8) + 0.5) / 2 - 0.5, 0, w - 1)
+    assert got_mask.tolist() == (np.ceil(src) < 3).tolist()
+    expected = np.interp(src, np.arange(w), normal[0, :, 0])
+    got = item["normal"][0, 0].numpy()
+    np.testing.assert_allclose(got[got_mask], expected[got_mask], atol=1e-6)
+    assert np.all(got[~got_mask] == 0)
+    # The image is bilinear too, without requantisation.
+    assert item["image"].shape == (3, h, 8)
+    with pytest.raises(InputError, match="resize"):
+        NormalsDataset(tmp_path, "train", resize="bicubic")

@@ -328,12 +328,15 @@ def load_backbone(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    config: str | Path = "sd15",
 ) -> Backbone:
     """Load a Stable Diffusion v1.x backbone, offline.
 
     `source`: a preset name (see `PRESETS`), a diffusers folder, or a single-file checkpoint
     (`.ckpt` / `.safetensors` with the original LDM key layout). Random-weight presets are
-    seeded with `seed`. `device="meta"` builds the architecture without memory.
+    seeded with `seed`. `device="meta"` builds the architecture without memory. A single
+    file holds weights only: `config` (a preset name or a folder with unet/vae/text_encoder
+    configs) gives its architecture, SD v1.5 by default.
     """
     src = str(source)
     path = Path(src).expanduser()
@@ -354,7 +357,8 @@ def load_backbone(
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         from .checkpoint import load_components_from_single_file
 
-        unet_c, vae_c, text_c, sched = _configs(_preset_dir("sd15"))
+        cfg_dir = _preset_dir(str(config)) if str(config) in PRESETS else Path(config)
+        unet_c, vae_c, text_c, sched = _configs(cfg_dir)
         unet, vae, text = load_components_from_single_file(path, unet_c, vae_c, text_c)
         tokenizer = clip_tokenizer()
     else:

@@ -211,6 +211,134 @@ def _make_scenes(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("create-data", "make synthetic RGB + normal pairs by partial noising and DDIM (SPEC 7)")
+def _create_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="source dataset root (SPEC 5 layout)")
+    p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors")
+    p.add_argument("--head", help="head folder giving the synthetic normals (creation parameters)")
+    p.add_argument("--out", help="output dataset root")
+    p.add_argument("--config", help="YAML file of settings; flags override it")
+    p.add_argument("--split", help="source split (default train)")
+    p.add_argument("--resolution", type=_size, help="model size, e.g. 512 (default)")
+    p.add_argument("--samples-per-image", type=int)
+    p.add_argument("--t-start", type=int, help="noise level to start from (default 600)")
+    p.add_argument("--steps", type=int, help="DDIM steps below t-start (default 50)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = none)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--shard", help="i/n: make only this machine's share (each sample exactly once overall)")
+    p.add_argument("--preview", type=int, help="side-by-side pictures of the first N samples")
+    p.add_argument("--device")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+
+    def run(a: argparse.Namespace) -> None:
+        from .config import CreateConfig, load_config
+        from .stages.create import run_create
+
+        keys = [
+            "data",
+            "backbone",
+            "head",
+            "out",
+            "split",
+            "resolution",
+            "samples_per_image",
+            "t_start",
+            "steps",
+            "guidance",
+            "seed",
+            "batch_size",
+            "mixed_precision",
+            "shard",
+            "preview",
+            "device",
+            "progress",
+        ]
+        cfg = load_config(CreateConfig, a.config, **_overrides(a, keys))
+        _require(cfg, ["data", "backbone", "head", "out"], "create-data")
+        result = run_create(cfg)
+        print(
+            f"created {result.created} sample(s), {result.skipped} already there, "
+            f"{result.created / max(result.seconds, 1e-9):.2f} samples/s; dataset in {result.out}"
+        )
+
+    p.set_defaults(func=run)
+
+
+@command("train-self-improve", "stage 2: self-improving learning on original + synthetic data (SPEC 8)")
+def _train_self_improve(p: argparse.ArgumentParser) -> None:
+    _train_args(p)
+    p.add_argument("--synthetic", action="append", help="synthetic dataset root (repeatable)")
+    p.add_argument("--init", help="warm-up head folder: start of the creation and exploitation heads")
+    p.add_argument(
+        "--ema-decay", type=float, help="creation <- decay * creation + (1 - decay) * exploitation"
+    )
+    p.add_argument("--ema-every", type=int, help="EMA every k optimizer steps (default 10)")
+    p.add_argument(
+        "--recreate-every",
+        type=int,
+        help="re-create the synthetic set with the creation head every k epochs (0 = never)",
+    )
+
+    def run(a: argparse.Namespace) -> None:
+        from .config import SelfImproveConfig, load_config
+        from .stages.self_improve import train_self_improve
+
+        keys = TRAIN_KEYS + ["synthetic", "init", "ema_decay", "ema_every", "recreate_every"]
+        cfg = load_config(SelfImproveConfig, a.config, **_overrides(a, keys))
+        _require(cfg, ["data", "backbone", "out", "init"], "train-self-improve")
+        result = train_self_improve(cfg, resume=a.resume)
+        print(
+            f"trained {result.steps} steps; heads saved to {result.outputs.get('creation')} and "
+            f"{result.outputs.get('exploitation')}"
+        )
+
+    p.set_defaults(func=run)
+
+
+@command("merge", "write original + synthetic datasets as one SPEC 5 folder (hard links where possible)")
+def _merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="original dataset root (all its splits are kept)")
+    p.add_argument("--synthetic", action="append", required=True, help="synthetic dataset root (repeatable)")
+    p.add_argument("--out", required=True, help="merged dataset root")
+
+    def run(a: argparse.Namespace) -> None:
+        from .data.merge import merge_datasets
+
+        n = merge_datasets(a.data, a.synthetic, a.out)
+        print(f"merged {n} file(s) into {a.out}")
+
+    p.set_defaults(func=run)
+
+
+@command("caption", "fill missing caption files with a local image-to-text model (e.g. BLIP)")
+def _caption(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--model", help="local folder of a transformers image-to-text model")
+    p.add_argument("--split", action="append", help="split(s) to caption (default: every split)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    def run(a: argparse.Namespace) -> None:
+        from .captioning import caption_dataset
+
+        n = caption_dataset(
+            a.data,
+            a.model,
+            splits=a.split,
+            batch_size=a.batch_size,
+            max_new_tokens=a.max_new_tokens,
+            device=a.device,
+            progress=a.progress,
+        )
+        print(f"wrote {n} caption(s)")
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 

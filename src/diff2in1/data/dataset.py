@@ -4,10 +4,14 @@ Samples pair by identical file stem, never by zipping sorted lists. Construction
 strict: it checks that files exist and reads image headers (size/mode), so a broken dataset fails
 before any model is loaded; pixels are decoded only in `__getitem__`.
 
-Resizing (when `size` is given; the research code squashes any aspect to 512x512): the image is
-resized bilinearly with PIL (as the reference loader does; PIL antialiases when shrinking), the
-normal map and its mask with nearest neighbour, so an invalid pixel stays invalid and a valid
-vector stays a (unit) ground-truth vector rather than a blend of neighbours.
+Resizing (when `size` is given; the research code squashes any aspect to 512x512), two modes:
+- resize="nearest" (default): the image bilinearly with PIL (as Bae et al.'s loader; PIL
+  antialiases when shrinking), the normal map and its mask with nearest neighbour, so an invalid
+  pixel stays invalid and a valid vector stays a (unit) ground-truth vector, not a blend.
+- resize="research": what the Diff-2-in-1 research loader does with cv2.resize (INTER_LINEAR,
+  half-pixel centres, no antialiasing): image and normals bilinear, normals NOT renormalised, and
+  a pixel is valid only where the bilinearly resized mask is 1, i.e. every source pixel it blends
+  is valid.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from diff2in1.data.layout import (
 from diff2in1.errors import InputError
 
 OnError = Literal["raise", "skip"]
+ResizeMode = Literal["nearest", "research"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,28 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[nearest_indices(h, size[0])][:, nearest_indices(w, size[1])]
 
 
+def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an HxW[xC] float array like cv2 INTER_LINEAR (half-pixel centres, no antialias)."""
+    if array.shape[:2] == tuple(size):
+        return array.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
+    out = out[0, 0] if array.ndim == 2 else out[0].permute(1, 2, 0)
+    return out.numpy()
+
+
+def resize_normals_research(
+    normal: np.ndarray, mask: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The research loader's normal resize: bilinear, not renormalised; valid where every blended pixel is."""
+    # 1e-6 absorbs float rounding of weights that sum to one.
+    new_mask = resize_bilinear(mask.astype(np.float32), size) >= 1.0 - 1e-6
+    new_normal = resize_bilinear(normal, size)
+    new_normal[~new_mask] = 0.0
+    return new_normal, new_mask
+
+
 class NormalsDataset(Dataset):
     """Image / surface-normal / caption samples of one split.
 
@@ -86,6 +113,7 @@ class NormalsDataset(Dataset):
             broken samples out, list them in `self.skipped` as (id, reason) and warn once.
         labels: False for unlabelled images (only img [+ caption] needed); normal/mask are then
             zeros/False (targets come from a model, e.g. synthetic data).
+        resize: "nearest" or "research" (see the module docstring).
 
     Items: dict(image float32 (3,H,W) in [-1,1], normal float32 (3,H,W), mask bool (1,H,W),
     caption str, id str, index int).
@@ -99,9 +127,13 @@ class NormalsDataset(Dataset):
         float_normals: FloatNormals = "auto",
         on_error: OnError = "raise",
         labels: bool = True,
+        resize: ResizeMode = "nearest",
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if resize not in ("nearest", "research"):
+            raise InputError(f"resize must be 'nearest' or 'research', got {resize!r}")
+        self.resize = resize
         if float_normals not in ("auto", True, False):
             raise InputError(f"float_normals must be 'auto', True or False, got {float_normals!r}")
         self.root = Path(root)
@@ -178,25 +210,29 @@ class NormalsDataset(Dataset):
     def ids(self) -> list[str]:
         return [e.id for e in self.entries]
 
-    def _load_image(self, e: _Entry) -> np.ndarray:
+    def _load_image(self, e: _Entry) -> torch.Tensor:
+        """float32 (3, H, W) in [-1, 1]."""
         img = load_rgb(e.image)
         if self.size is not None and img.shape[:2] != self.size:
+            if self.resize == "research":  # resize the [0, 1] floats, no requantisation
+                return torch.from_numpy(resize_bilinear(img / 255.0, self.size)).permute(2, 0, 1) * 2.0 - 1.0
             h, w = self.size
-            img = np.asarray(Image.fromarray(img).resize((w, h), resample=Image.BILINEAR))
-        return img
+            img = np.array(Image.fromarray(img).resize((w, h), resample=Image.BILINEAR))
+        return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1.0
 
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]
-        img = self._load_image(e)
-        h, w = img.shape[:2]
-        image = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1.0
+        image = self._load_image(e)
+        h, w = image.shape[1:]
         if self.labels:
             fn: FloatNormals = e.normal_npy is not None
             normal, mask = read_normal(sample_paths(self.root, self.split, e.id), fn)
             src = e.normal_npy or e.normal_png
             if self.size is None and normal.shape[:2] != (h, w):
                 raise InputError(f"{src}: size {normal.shape[1]}x{normal.shape[0]} does not match {e.image}")
-            if self.size is not None:
+            if self.size is not None and self.resize == "research":
+                normal, mask = resize_normals_research(normal, mask, self.size)
+            elif self.size is not None:
                 normal, mask = resize_nearest(normal, self.size), resize_nearest(mask, self.size)
             normal_t = torch.from_numpy(np.ascontiguousarray(normal)).permute(2, 0, 1).float()
             mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None]
@@ -223,4 +259,11 @@ def orphan_normals(root: str | os.PathLike, split: str) -> list[str]:
     return sorted(p.stem for p in norm_dir.glob("*.png") if p.stem not in ids and not p.name.startswith("."))
 
 
-__all__ = ["NormalsDataset", "nearest_indices", "orphan_normals", "resize_nearest"]
+__all__ = [
+    "NormalsDataset",
+    "nearest_indices",
+    "orphan_normals",
+    "resize_bilinear",
+    "resize_nearest",
+    "resize_normals_research",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -31,10 +32,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             write(f)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -81,7 +80,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
@@ -95,7 +94,7 @@ def load_png_rgb_strict(path: str | os.PathLike) -> np.ndarray:
             if img.mode != "RGB":
                 raise InputError(f"{path}: expected an 8-bit RGB image (3 channels), got mode {img.mode}")
             img.load()
-            return np.asarray(img)
+            return np.array(img)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:

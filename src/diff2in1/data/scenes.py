@@ -346,9 +346,7 @@ def _as_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def render(
-    spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid_border: int = 0
-) -> Scene:
+def render(spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid_border: int = 0) -> Scene:
     """Ray cast `spec` from `camera` at size (H, W) (or an int for square).
 
     invalid_border: width in pixels of a frame whose normals are marked invalid (NYUv2's ground
@@ -462,7 +460,9 @@ def _intersect_many(obj: SceneObject, origins: np.ndarray, dirs: np.ndarray) -> 
 
 def caption_for(spec: SceneSpec, surface: np.ndarray, min_fraction: float = 0.002) -> str:
     """Caption from what is visible: objects by decreasing area, floor, walls, window."""
-    counts = np.bincount((surface.ravel().astype(np.int64) + 1), minlength=FIRST_OBJECT + 1 + len(spec.objects))
+    counts = np.bincount(
+        (surface.ravel().astype(np.int64) + 1), minlength=FIRST_OBJECT + 1 + len(spec.objects)
+    )
     total = surface.size
     threshold = max(4, int(min_fraction * total))
     visible = [(counts[FIRST_OBJECT + 1 + i], obj) for i, obj in enumerate(spec.objects)]
@@ -495,21 +495,35 @@ def random_spec(rng: np.random.Generator) -> tuple[SceneSpec, Camera]:
     x0, z0 = -width / 2, 0.0
     x1, z1 = width / 2, depth
     wood = ["brown", "light brown", "dark brown"]
-    wood_rgb = {"brown": (0.55, 0.35, 0.18), "light brown": (0.72, 0.52, 0.30), "dark brown": (0.35, 0.20, 0.10)}
+    wood_rgb = {
+        "brown": (0.55, 0.35, 0.18),
+        "light brown": (0.72, 0.52, 0.30),
+        "dark brown": (0.35, 0.20, 0.10),
+    }
     if rng.random() < 0.7:
         wn = _pick(rng, wood)
-        floor = Material("wood", wood_rgb[wn], wn, scale=rng.uniform(0.12, 0.25), seed=int(rng.integers(1 << 30)))
+        floor = Material(
+            "wood", wood_rgb[wn], wn, scale=rng.uniform(0.12, 0.25), seed=int(rng.integers(1 << 30))
+        )
     else:
         floor = Material(
-            "tiles", (0.80, 0.80, 0.78), "tiled", color2=(0.55, 0.55, 0.56), scale=rng.uniform(0.25, 0.6),
+            "tiles",
+            (0.80, 0.80, 0.78),
+            "tiled",
+            color2=(0.55, 0.55, 0.56),
+            scale=rng.uniform(0.25, 0.6),
             seed=int(rng.integers(1 << 30)),
         )
     wall_name = _pick(rng, list(WALL_COLORS))
     wall_rgb = WALL_COLORS[wall_name]
     if rng.random() < 0.35:
         walls = Material(
-            "checker", wall_rgb, wall_name, color2=tuple(0.8 * c for c in wall_rgb),
-            scale=rng.uniform(0.3, 0.8), seed=int(rng.integers(1 << 30)),
+            "checker",
+            wall_rgb,
+            wall_name,
+            color2=tuple(0.8 * c for c in wall_rgb),
+            scale=rng.uniform(0.3, 0.8),
+            seed=int(rng.integers(1 << 30)),
         )
     else:
         walls = Material("noise", wall_rgb, wall_name, seed=int(rng.integers(1 << 30)))
@@ -525,7 +539,9 @@ def random_spec(rng: np.random.Generator) -> tuple[SceneSpec, Camera]:
         window = Window(wall, u0, u0 + ww, v0, min(height - 0.2, v0 + rng.uniform(0.8, 1.4)))
     room = Room(x0, x1, z0, z1, height, floor, walls, ceiling, window)
 
-    cam_pos = np.array([rng.uniform(x0 + 0.4, x1 - 0.4), rng.uniform(1.1, 1.7), rng.uniform(z0 + 0.3, z0 + 1.2)])
+    cam_pos = np.array(
+        [rng.uniform(x0 + 0.4, x1 - 0.4), rng.uniform(1.1, 1.7), rng.uniform(z0 + 0.3, z0 + 1.2)]
+    )
     camera = Camera(
         tuple(cam_pos),
         yaw=rng.uniform(-0.6, 0.6),
@@ -565,7 +581,11 @@ def random_spec(rng: np.random.Generator) -> tuple[SceneSpec, Camera]:
 
     light = (rng.uniform(x0 + 0.3, x1 - 0.3), height - 0.15, rng.uniform(z0 + 0.5, z1 - 0.5))
     spec = SceneSpec(
-        room, objects, light, light_power=rng.uniform(0.8, 1.3), ambient=rng.uniform(0.15, 0.35),
+        room,
+        objects,
+        light,
+        light_power=rng.uniform(0.8, 1.3),
+        ambient=rng.uniform(0.15, 0.35),
         noise_seed=int(rng.integers(1 << 30)),
     )
     return spec, camera

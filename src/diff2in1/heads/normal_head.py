@@ -178,13 +178,16 @@ class NormalHead(nn.Module):
             config = HeadConfig.from_dict(json.loads(cfg_path.read_text()))
         except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
             raise InputError(f"{cfg_path}: not a valid head config ({e})") from None
-        model = cls(config)
+        with torch.device("meta"):  # every tensor comes from the file: skip the random init
+            model = cls(config)
         try:
             state = load_file(str(w_path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
             raise InputError(f"{w_path}: not a readable safetensors file ({e})") from None
-        check_state_dict(model.state_dict(), state, w_path)
-        model.load_state_dict(state, strict=True)
+        expected = model.state_dict()
+        check_state_dict(expected, state, w_path)
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
         return model.to(device)
 
 

@@ -172,12 +172,14 @@ def load_research_checkpoint(fusion_path: str | Path, decoder_path: str | Path) 
         ),
         (rename_keys(decoder_raw, DECODER_KEY_MAP, decoder_path), decoder_path, "decoder."),
     )
-    model = NormalHead(infer_config(fusion_raw, decoder_raw, fusion_path, decoder_path))
+    config = infer_config(fusion_raw, decoder_raw, fusion_path, decoder_path)
+    with torch.device("meta"):  # every tensor comes from the files: skip the random init
+        model = NormalHead(config)
     expected = model.state_dict()
     loaded: dict[str, Tensor] = {}
     for state, source, prefix in parts:
         part_expected = {k: v for k, v in expected.items() if k.startswith(prefix)}
         check_state_dict(part_expected, state, source)
         loaded.update(_cast_like(state, part_expected, source))
-    model.load_state_dict(loaded, strict=True)
+    model.load_state_dict(loaded, strict=True, assign=True)
     return model.eval()

@@ -1,0 +1,235 @@
+"""Synthetic multi-modal data creation (SPEC 7): new RGB + normal pairs from training images.
+
+For each (source image, k < samples_per_image): encode, noise to `t_start`, DDIM-denoise
+with the image's caption, decode the new RGB; the head (creation parameters) reads the taps
+of the last denoising step for the new normal map and kappa. Every random draw of a sample is
+seeded by (seed, source index, k), so the data do not depend on batching, sharding or resuming.
+
+Output: a dataset in the SPEC 5 layout (`<out>/train/{img,norm,norm_npy,kappa,caption}`), one
+`<out>/meta/<id>.json` per sample (written last: a sample is done iff it exists), and
+`<out>/manifest.jsonl` gathered from them at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..backbone import Backbone
+from ..config import CreateConfig
+from ..data import NormalsDataset, write_sample
+from ..errors import InputError
+from ..heads import NormalHead
+from ..runs import to_plain, write_text_atomic
+from ..viz import grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
+from .loop import mix_seed
+
+SPLIT = "train"
+
+
+def fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's tensors (strided sample of every tensor: cheap even for SD)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(flat[::step].to(torch.float32).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "i/n" -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text!r}: use i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise InputError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def sample_id(source_id: str, k: int) -> str:
+    return f"{source_id}_syn{k}"
+
+
+@dataclass
+class CreateResult:
+    """Counts and where things are."""
+
+    created: int
+    skipped: int
+    total: int
+    out: str
+    seconds: float
+
+
+def _draws(
+    seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(2, B, *shape): per sample, its VAE posterior draw and its forward-noise draw."""
+    return torch.stack(
+        [torch.randn((2, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds], dim=1
+    ).to(device, dtype)
+
+
+@torch.no_grad()
+def create_batch(
+    backbone: Backbone,
+    head: NormalHead,
+    images: torch.Tensor,
+    captions: list[str],
+    seeds: list[int],
+    cfg: CreateConfig,
+) -> dict[str, torch.Tensor]:
+    """One batch of SPEC 7. images (B, 3, H, W) in [-1, 1] -> dict of rgb (B, 3, H, W) in
+    [-1, 1], normal (B, 3, H, W), kappa (B, 1, H, W)."""
+    dev = backbone.device
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+        posterior = backbone.vae.encode(images.to(dev, backbone.vae.dtype)).latent_dist
+        draws = _draws(seeds, tuple(posterior.mean.shape[1:]), dev, posterior.mean.dtype)
+        z = (posterior.mean + posterior.std * draws[0]) * backbone.scaling_factor
+        x_t = backbone.q_sample(z, cfg.t_start, draws[1])
+        cond = backbone.embed(captions)
+        res = backbone.ddim_sample(x_t, cond, cfg.t_start, cfg.steps, cfg.guidance)
+        rgb = backbone.decode(res.latents)
+    out = head.eval()(res.features.to(torch.float32), image_size=tuple(images.shape[-2:]))
+    return {"rgb": rgb.float(), "normal": out.normal, "kappa": out.kappa}
+
+
+def _to_hwc(t: torch.Tensor) -> np.ndarray:
+    return t.permute(1, 2, 0).cpu().numpy()
+
+
+def create_data(
+    cfg: CreateConfig,
+    backbone: Backbone,
+    head: NormalHead,
+    rank: int = 0,
+    world: int = 1,
+    progress: Callable | None = None,
+) -> CreateResult:
+    """Create the synthetic set of `cfg` into `cfg.out` (resumable; shard `cfg.shard` x processes)."""
+    source = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False)
+    out = Path(cfg.out)
+    shard_i, shard_n = parse_shard(cfg.shard)
+    # Work item j = (source index j // K, k = j % K); this process takes every (n * world)-th.
+    k_per = cfg.samples_per_image
+    total = len(source) * k_per
+    mine = [j for j in range(total) if j % (shard_n * world) == shard_i * world + rank]
+    todo = [
+        j
+        for j in mine
+        if not (out / "meta" / f"{sample_id(source.ids[j // k_per], j % k_per)}.json").exists()
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "create_config.json", json.dumps(to_plain(cfg), indent=1))
+    common = {
+        "t_start": cfg.t_start,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "backbone": backbone.source,
+        "backbone_fingerprint": fingerprint(backbone),
+        "head_fingerprint": fingerprint(head),
+        "resolution": list(cfg.resolution),
+    }
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=len(mine), initial=len(mine) - len(todo), desc="create", unit="sample", disable=not cfg.progress
+    )
+    previews: list[list[np.ndarray]] = []
+    for start in range(0, len(todo), cfg.batch_size):
+        jobs = todo[start : start + cfg.batch_size]
+        items = [source[j // k_per] for j in jobs]
+        seeds = [mix_seed(cfg.seed, j // k_per, j % k_per) for j in jobs]
+        made = create_batch(
+            backbone,
+            head,
+            torch.stack([it["image"] for it in items]),
+            [it["caption"] for it in items],
+            seeds,
+            cfg,
+        )
+        for j, it, seed, rgb, nrm, kap in zip(
+            jobs, items, seeds, made["rgb"], made["normal"], made["kappa"], strict=True
+        ):
+            sid = sample_id(it["id"], j % k_per)
+            write_sample(
+                out, SPLIT, sid, _to_hwc(rgb), _to_hwc(nrm), it["caption"], kappa=kap[0].cpu().numpy()
+            )
+            meta = {
+                "id": sid,
+                "source_id": it["id"],
+                "sample": j % k_per,
+                "seed": seed,
+                "caption": it["caption"],
+                **common,
+            }
+            write_text_atomic(out / "meta" / f"{sid}.json", json.dumps(meta))
+            if j < cfg.preview and len(previews) < cfg.preview:
+                previews.append(
+                    [
+                        image_to_rgb(_to_hwc(it["image"])),
+                        image_to_rgb(_to_hwc(rgb)),
+                        normal_to_rgb(_to_hwc(nrm)),
+                        uncertainty_to_rgb(kap[0].cpu().numpy()),
+                    ]
+                )
+        bar.update(len(jobs))
+        bar.set_postfix(samples_per_s=f"{(start + len(jobs)) / (time.perf_counter() - t0):.2f}")
+        if progress is not None:
+            progress(start + len(jobs))
+    bar.close()
+    if previews:
+        labels = ["source", "synthetic RGB", "synthetic normal", "uncertainty (0-45 deg)"]
+        save_png(grid(previews, labels, cell=160), out / f"preview_{shard_i}_{rank}.png")
+    write_manifest(out)
+    return CreateResult(
+        created=len(todo),
+        skipped=len(mine) - len(todo),
+        total=total,
+        out=str(out),
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def write_manifest(out: str | Path) -> Path:
+    """Gather `meta/*.json` into `manifest.jsonl`, sorted by id (idempotent, any shard may call it)."""
+    out = Path(out)
+    lines = [p.read_text().strip() for p in sorted((out / "meta").glob("*.json"))]
+    write_text_atomic(out / "manifest.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    return out / "manifest.jsonl"
+
+
+def run_create(cfg: CreateConfig) -> CreateResult:
+    """`diff2in1 create-data`: load models, then create this process's share.
+
+    Under `accelerate launch` / `torchrun` each process takes its own share of `cfg.shard`.
+    """
+    from accelerate import PartialState
+
+    from ..backbone import load_backbone
+    from ..info import best_device
+
+    NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False)  # fail before loading models
+    state = PartialState(cpu=cfg.device == "cpu")
+    device = state.device if cfg.device == "auto" else torch.device(cfg.device)
+    if cfg.device == "auto" and state.num_processes == 1:
+        device = torch.device(best_device())
+    backbone = load_backbone(cfg.backbone, device=device)
+    head = NormalHead.from_pretrained(cfg.head).to(device)
+    result = create_data(cfg, backbone, head, rank=state.process_index, world=state.num_processes)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        write_manifest(cfg.out)
+    return result

@@ -1,0 +1,176 @@
+"""Stage 2 (SPEC 8): self-improving learning with a creation and an exploitation head.
+
+Exploitation (E) trains on original (ground truth) + synthetic samples, whose targets are the
+creation head's (C) predictions on the synthetic image, made without gradient. C follows E by
+an exponential moving average over all parameters and buffers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from ..backbone import Backbone, load_backbone
+from ..config import CreateConfig, SelfImproveConfig
+from ..data import NormalsDataset
+from ..errors import InputError
+from ..heads import NormalHead
+from ..losses import head_loss
+from ..runs import RunDir
+from .create import create_data
+from .loop import LoopResult, make_accelerator, mix_seed, run_training
+
+
+class Tagged(Dataset):
+    """Adds `labelled` (bool) to each item of a dataset."""
+
+    def __init__(self, dataset: Dataset, labelled: bool) -> None:
+        self.dataset, self.labelled = dataset, labelled
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "labelled": self.labelled}
+
+
+@torch.no_grad()
+def ema_update(creation: nn.Module, exploitation: nn.Module, decay: float) -> None:
+    """C <- decay * C + (1 - decay) * E over all parameters and float buffers (others copied)."""
+    c_state, e_state = creation.state_dict(), exploitation.state_dict()
+    for name, c in c_state.items():
+        e = e_state[name]
+        if c.is_floating_point():
+            c.mul_(decay).add_(e.to(c.dtype), alpha=1 - decay)
+        else:
+            c.copy_(e)
+
+
+def ema_due(step: int, every: int) -> bool:
+    """After optimizer step `step` (1-based): the research rule `i > 0 and i % every == 0` on the
+    0-based index i = step - 1."""
+    i = step - 1
+    return every > 0 and i > 0 and i % every == 0
+
+
+def mixed_targets(
+    creation: NormalHead, feats, size: tuple[int, int], batch: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets (B, 3, H, W) and masks (B, 1, H, W): ground truth for labelled samples, the
+    creation head's prediction (eval mode, no gradient) for synthetic ones."""
+    device = feats.low.device
+    labelled = torch.as_tensor(batch["labelled"], device=device).view(-1, 1, 1, 1)
+    target = batch["normal"].to(device)
+    mask = batch["mask"].to(device)
+    if not bool(labelled.all()):
+        with torch.no_grad():
+            was_training = creation.training
+            pred = creation.eval()(feats, image_size=size).normal
+            creation.train(was_training)
+        target = torch.where(labelled, target, pred)
+    return target, mask
+
+
+def synthetic_dataset(paths: list[str], resolution: tuple[int, int]) -> list[NormalsDataset]:
+    return [NormalsDataset(p, "train", size=resolution) for p in paths]
+
+
+def train_self_improve(
+    cfg: SelfImproveConfig, resume: bool = False, backbone: Backbone | None = None
+) -> LoopResult:
+    """Run stage 2 into `cfg.out`; final heads in `<out>/creation` and `<out>/exploitation`."""
+    if not cfg.synthetic and not cfg.recreate_every:
+        raise InputError("train-self-improve: give --synthetic SYN (or --recreate-every to make it here)")
+    original = Tagged(NormalsDataset(cfg.data, cfg.split, size=cfg.resolution), True)
+    synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution)]
+    run = RunDir(cfg.out)
+    run.start(cfg, resume=resume)
+    accelerator = make_accelerator(cfg)
+    backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
+    backbone.to(accelerator.device)
+    exploitation = NormalHead.from_pretrained(cfg.init).to(accelerator.device)
+    in_channels = tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
+    if tuple(exploitation.config.in_channels) != in_channels:
+        raise InputError(
+            f"{cfg.init}: head expects tap channels {tuple(exploitation.config.in_channels)}, "
+            f"the backbone gives {in_channels}"
+        )
+    creation = copy.deepcopy(exploitation).requires_grad_(False)
+    models = {"creation": creation, "exploitation": exploitation}
+    rank = accelerator.process_index
+
+    def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
+        images = batch["image"].to(accelerator.device, non_blocking=True)
+        size = tuple(images.shape[-2:])
+        seeds = [mix_seed(cfg.seed, step, int(i)) for i in batch["index"]]
+        with torch.no_grad(), accelerator.autocast():
+            feats = backbone.perceive(images, seeds=seeds, sample_posterior=cfg.sample_posterior)
+        feats = feats.to(torch.float32)
+        target, mask = mixed_targets(models["creation"], feats, size, batch)
+        torch.manual_seed(mix_seed(cfg.seed, step, rank, 1))
+        out = models["exploitation"](feats, image_size=size, gt_mask=mask)
+        return head_loss(out, target, mask, kind=cfg.loss)
+
+    def after_step(step: int) -> None:
+        if ema_due(step, cfg.ema_every):
+            ema_update(models["creation"], accelerator.unwrap_model(models["exploitation"]), cfg.ema_decay)
+
+    def before_epoch(epoch: int) -> Dataset:
+        """The epoch's data: the given synthetic sets, or the latest set re-created by C."""
+        every = cfg.recreate_every
+        latest = (epoch // every) * every
+        if latest == 0 and synthetic:
+            return Indexed(ConcatDataset([original, *synthetic]))
+        out = Path(cfg.out) / f"synthetic_epoch_{latest:04d}"
+        settings = {
+            "data": cfg.data,
+            "backbone": cfg.backbone,
+            "out": str(out),
+            "resolution": cfg.resolution,
+            "seed": cfg.seed + latest,
+            "progress": cfg.progress,
+            **cfg.create,
+        }
+        # Resumable: a set made before an interruption is completed, not re-made.
+        create_data(
+            dataclasses.replace(CreateConfig(), **settings),
+            backbone,
+            models["creation"],
+            rank=rank,
+            world=accelerator.num_processes,
+        )
+        accelerator.wait_for_everyone()
+        fresh = [Tagged(d, False) for d in synthetic_dataset([str(out)], cfg.resolution)]
+        return Indexed(ConcatDataset([original, *fresh]))
+
+    dataset = Indexed(ConcatDataset([original, *synthetic]))
+    return run_training(
+        cfg,
+        run,
+        dataset,
+        models,
+        "exploitation",
+        step_fn,
+        accelerator,
+        resume=resume,
+        after_step=after_step,
+        before_epoch=before_epoch if cfg.recreate_every else None,
+    )
+
+
+class Indexed(Dataset):
+    """A dataset whose items' `index` is their position in it (so seeds are unique across parts)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "index": i}

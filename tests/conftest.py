@@ -28,3 +28,24 @@ def tiny_folder(tmp_path_factory, tiny_backbone):
     out = tmp_path_factory.mktemp("tiny_diffusers")
     save_diffusers_folder(tiny_backbone, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory):
+    """A tiny procedural dataset in the SPEC 5 layout (8 train / 3 test scenes at 64x64)."""
+    from diff2in1.data.scenes import make_scenes
+
+    root = tmp_path_factory.mktemp("scenes")
+    make_scenes(root, 8, 3, size=64, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_head_dir(tmp_path_factory, tiny_backbone):
+    """A `small` head for the tiny backbone, saved in our head format (random weights)."""
+    from diff2in1.stages.warmup import build_head
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("head") / "head"
+    build_head("small", tiny_backbone).save_pretrained(out)
+    return out

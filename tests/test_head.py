@@ -20,6 +20,15 @@ from diff2in1.heads.spectral import SNConv2d
 IN_CHANNELS = (12, 10, 8, 6)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster and does not stall when the machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @dataclass
 class Feats:
     """Stand-in for diff2in1.taps.TapFeatures."""
@@ -268,3 +277,66 @@ def test_config_json_round_trip_and_validation():
     assert HeadConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError):
         HeadConfig.small(IN_CHANNELS, width=12)  # GroupNorm(8) needs multiples of 8
+
+
+def test_fusion_wiring_follows_spec():
+    """SPEC 3 literally: resize each group first, then project; check every output f4..f0."""
+    torch.manual_seed(0)
+    fus = tiny_head().fusion.eval()
+    feats = make_feats(2, square((8, 16)))
+
+    def rs(x, ref):
+        return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+    with torch.no_grad():
+        f4 = fus.low_proj(rs(feats.low, feats.mid))
+        m = fus.mid_proj(rs(feats.mid, feats.high))
+        f3 = fus.mid_block(torch.cat([rs(f4, m), m], 1))
+        h = fus.high_proj(rs(feats.high, feats.highest))
+        f2 = fus.high_block(torch.cat([rs(f3, h), h], 1))
+        g = fus.highest_block(torch.cat([f2, fus.highest_proj(feats.highest)], 1))
+        g0 = torch.relu(fus.bn0(g))
+        f1 = fus.bn1(fus.up1(g0))
+        f0 = fus.bn2(fus.up2(torch.cat([torch.relu(f1), rs(g0, f1)], 1)))
+        got = fus(feats)
+    sizes = [(2, 4), (4, 8), (8, 16), (16, 32), (32, 64)]
+    for name, a, b, size in zip(
+        ("f4", "f3", "f2", "f1", "f0"), got, (f4, f3, f2, f1, f0), sizes, strict=True
+    ):
+        assert a.shape[-2:] == size, name
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_decoder_eval_wiring_follows_spec():
+    """Dense eval path against a literal SPEC 3 re-computation from the module's own layers."""
+    torch.manual_seed(0)
+    dec = tiny_head().decoder.eval()
+    skips = tuple(
+        torch.randn(1, c, s, 2 * s) for c, s in zip((32, 16, 8, 8, 8), (2, 4, 8, 16, 32), strict=True)
+    )
+
+    def nrm(o):
+        xyz = o[:, :3] / (o[:, :3].norm(dim=1, keepdim=True) + 1e-10)
+        return torch.cat([xyz, F.elu(o[:, 3:]) + 1.01], 1)
+
+    def x2(t):
+        return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=True)
+
+    def mlp(seq, t):
+        b, c, h, w = t.shape
+        return nrm(seq(t.reshape(b, c, -1)).reshape(b, 4, h, w))
+
+    with torch.no_grad():
+        f4, f3, f2, f1, f0 = skips
+        d1 = dec.up1(dec.d0(f4), f3)
+        d2 = dec.up2(d1, f2)
+        d3 = dec.up3(d2, f1)
+        d4 = dec.up4(d3, f0)
+        out8 = nrm(dec.out8(d2))
+        out4 = mlp(dec.refine4, torch.cat([x2(d2), x2(out8)], 1))
+        out2 = mlp(dec.refine2, torch.cat([x2(d3), x2(out4)], 1))
+        out1 = mlp(dec.refine1, torch.cat([x2(d4), x2(out2)], 1))
+        got = dec(skips)
+    assert got.final.shape == (1, 4, 64, 128)
+    assert torch.allclose(got.coarse, out8, atol=1e-6)
+    assert torch.allclose(got.final, out1, atol=1e-5)

@@ -164,7 +164,7 @@ class RunDir:
 
 
 # Settings a resumed run may change without changing its result.
-_RESUME_FREE = {"epochs", "num_workers", "progress", "checkpoint_every", "device"}
+_RESUME_FREE = {"epochs", "max_steps", "num_workers", "progress", "checkpoint_every", "device"}
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -176,14 +176,15 @@ class NormalHead(nn.Module):
                 raise InputError(f"{p}: missing (a head folder needs {CONFIG_NAME} and {WEIGHTS_NAME})")
         try:
             config = HeadConfig.from_dict(json.loads(cfg_path.read_text()))
-        except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
-            raise InputError(f"{cfg_path}: not a valid head config ({e})") from None
+        except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+            raise InputError(f"{cfg_path}: not a valid head config ({' '.join(str(e).split())})") from None
         with torch.device("meta"):  # every tensor comes from the file: skip the random init
             model = cls(config)
         try:
             state = load_file(str(w_path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
-            raise InputError(f"{w_path}: not a readable safetensors file ({e})") from None
+            detail = " ".join(str(e).split())  # one line for the CLI
+            raise InputError(f"{w_path}: not a readable safetensors file ({detail})") from None
         expected = model.state_dict()
         check_state_dict(expected, state, w_path)
         state = {k: v.to(expected[k].dtype) for k, v in state.items()}

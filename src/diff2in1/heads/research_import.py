@@ -75,7 +75,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             "rejected it); only plain state_dict files are accepted"
         ) from None
     except Exception as e:  # zip/format errors come as RuntimeError and friends
-        raise InputError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        detail = " ".join(str(e).split())  # one line for the CLI
+        raise InputError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {detail})") from None
     if not isinstance(obj, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
     ):

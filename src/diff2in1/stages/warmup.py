@@ -59,6 +59,7 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     accelerator = make_accelerator(cfg)
     backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
     backbone.to(accelerator.device)
+    torch.manual_seed(cfg.seed)  # the same initial head on every process and every resume
     head = build_head(cfg.head, backbone).to(accelerator.device)
     rank = accelerator.process_index
 

@@ -1,0 +1,79 @@
+"""Warm-up training: the loss falls, config and checkpoints are written, resume is exact."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from diff2in1.config import WarmupConfig, default_yaml, load_config
+from diff2in1.errors import InputError
+from diff2in1.stages.warmup import train_warmup
+
+
+def _cfg(root, out, **kw) -> WarmupConfig:
+    base = dict(data=str(root), backbone="tiny", out=str(out), head="small", resolution=(64, 64),
+                batch_size=4, epochs=2, checkpoint_every=1, progress=False)
+    return WarmupConfig(**{**base, **kw})
+
+
+def test_warmup_loss_falls_and_run_folder_is_complete(scenes_root, tmp_path, tiny_backbone):
+    out = tmp_path / "run"
+    result = train_warmup(_cfg(scenes_root, out, epochs=6, lr=1e-3), backbone=tiny_backbone)
+    assert result.steps == 12
+    first, last = sum(result.losses[:2]) / 2, sum(result.losses[-2:]) / 2
+    assert last < first - 0.1, result.losses
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 1e-3 and saved["batch_size"] == 4 and saved["seed"] == 42
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert (out / "checkpoints" / "epoch_0003" / "head" / "model.safetensors").exists()
+    assert (out / "head" / "config.json").exists()
+    assert not list(out.rglob("*.tmp"))
+    with pytest.raises(InputError, match="already holds a run"):
+        train_warmup(_cfg(scenes_root, out), backbone=tiny_backbone)
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(scenes_root, tmp_path, tiny_backbone):
+    full = train_warmup(_cfg(scenes_root, tmp_path / "full", epochs=2), backbone=tiny_backbone)
+    # "Kill" after 3 of 4 steps (mid-epoch), then resume to the end.
+    part = train_warmup(_cfg(scenes_root, tmp_path / "cut", epochs=2, max_steps=3), backbone=tiny_backbone)
+    assert part.steps == 3
+    rest = train_warmup(_cfg(scenes_root, tmp_path / "cut", epochs=2), resume=True, backbone=tiny_backbone)
+    assert rest.steps == 4
+    a = load_file(tmp_path / "full" / "head" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "head" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert rest.losses == pytest.approx(full.losses)
+    rows = list(csv.DictReader((tmp_path / "cut" / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_changed_settings(scenes_root, tmp_path, tiny_backbone):
+    train_warmup(_cfg(scenes_root, tmp_path / "r", max_steps=1), backbone=tiny_backbone)
+    with pytest.raises(InputError, match="lr"):
+        train_warmup(_cfg(scenes_root, tmp_path / "r", lr=1.0), resume=True, backbone=tiny_backbone)
+
+
+def test_bad_data_fails_before_model_loading(tmp_path):
+    with pytest.raises(InputError, match="no images"):
+        train_warmup(_cfg(tmp_path / "nothing", tmp_path / "run", backbone="does-not-exist"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_and_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.01\nresolution: 128\n")
+    cfg = load_config(WarmupConfig, path, batch_size=2, lr=None)
+    assert cfg.lr == 0.01 and cfg.batch_size == 2 and cfg.resolution == (128, 128)
+    assert cfg.epochs == 50 and cfg.seed == 42 and cfg.lr != 3.57e-4
+    assert load_config(WarmupConfig).lr == 3.57e-4
+    path.write_text("learning_rate: 1\n")
+    with pytest.raises(InputError, match="learning_rate"):
+        load_config(WarmupConfig, path)
+    assert "lr: 0.000357" in default_yaml(WarmupConfig)

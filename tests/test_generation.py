@@ -13,14 +13,23 @@ from safetensors.torch import load_file
 from diff2in1.config import CreateConfig, SelfImproveConfig
 from diff2in1.data import NormalsDataset, read_sample
 from diff2in1.heads import NormalHead
-from diff2in1.stages.create import create_data, create_batch, write_manifest
+from diff2in1.stages.create import create_batch, create_data, write_manifest
 from diff2in1.stages.loop import mix_seed
 from diff2in1.stages.self_improve import ema_due, ema_update, mixed_targets, train_self_improve
 
 
 def _ccfg(root, out, **kw) -> CreateConfig:
-    base = dict(data=str(root), backbone="tiny", out=str(out), resolution=(64, 64), t_start=60, steps=3,
-                batch_size=3, progress=False, preview=2)
+    base = dict(
+        data=str(root),
+        backbone="tiny",
+        out=str(out),
+        resolution=(64, 64),
+        t_start=60,
+        steps=3,
+        batch_size=3,
+        progress=False,
+        preview=2,
+    )
     return CreateConfig(**{**base, **kw})
 
 
@@ -31,8 +40,11 @@ def head(small_head_dir):
 
 def _files(root):
     """The dataset's files (previews and the run's config aside)."""
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and not p.name.startswith(("preview", "create_config")))
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(("preview", "create_config"))
+    )
 
 
 def test_create_writes_layout_manifest_and_is_deterministic(scenes_root, tmp_path, tiny_backbone, head):
@@ -57,8 +69,10 @@ def test_create_writes_layout_manifest_and_is_deterministic(scenes_root, tmp_pat
     assert np.array_equal(a.image, s.image) and np.array_equal(a.normal, s.normal)
     other = create_data(_ccfg(scenes_root, tmp_path / "other", seed=7), tiny_backbone, head)
     assert other.created == 8
-    assert not np.array_equal(read_sample(tmp_path / "other", "train", "scene_000003_syn0").image,
-                              read_sample(out, "train", "scene_000003_syn0").image)
+    assert not np.array_equal(
+        read_sample(tmp_path / "other", "train", "scene_000003_syn0").image,
+        read_sample(out, "train", "scene_000003_syn0").image,
+    )
 
 
 def test_create_resumes_without_duplicates_or_gaps(scenes_root, tmp_path, tiny_backbone, head):
@@ -89,11 +103,15 @@ def test_sharded_creation_equals_single_process(scenes_root, tmp_path, tiny_back
     write_manifest(two)
     assert _files(one) == _files(two)
     for i in range(8):
-        a, b = read_sample(one, "train", f"scene_{i:06d}_syn0"), read_sample(two, "train", f"scene_{i:06d}_syn0")
+        a, b = (
+            read_sample(one, "train", f"scene_{i:06d}_syn0"),
+            read_sample(two, "train", f"scene_{i:06d}_syn0"),
+        )
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
         assert np.allclose(a.normal, b.normal, atol=1e-4)
-    assert sorted(x["id"] for x in map(json.loads, (one / "manifest.jsonl").read_text().splitlines())) == sorted(
-        x["id"] for x in map(json.loads, (two / "manifest.jsonl").read_text().splitlines()))
+    assert sorted(
+        x["id"] for x in map(json.loads, (one / "manifest.jsonl").read_text().splitlines())
+    ) == sorted(x["id"] for x in map(json.loads, (two / "manifest.jsonl").read_text().splitlines()))
 
 
 def test_synthetic_normals_are_the_head_on_the_last_step_taps(scenes_root, tiny_backbone, head):
@@ -139,7 +157,11 @@ def test_targets_mix_ground_truth_and_creation_predictions(tiny_backbone, head):
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     feats = tiny_backbone.perceive(x, seeds=[1, 2])
     gt = torch.nn.functional.normalize(torch.randn(2, 3, 64, 64), dim=1)
-    batch = {"labelled": torch.tensor([True, False]), "normal": gt, "mask": torch.ones(2, 1, 64, 64, dtype=bool)}
+    batch = {
+        "labelled": torch.tensor([True, False]),
+        "normal": gt,
+        "mask": torch.ones(2, 1, 64, 64, dtype=bool),
+    }
     target, mask = mixed_targets(head, feats, (64, 64), batch)
     assert torch.equal(target[0], gt[0])
     assert torch.allclose(target[1], head.eval()(feats, image_size=(64, 64)).normal[1], atol=1e-6)
@@ -147,8 +169,18 @@ def test_targets_mix_ground_truth_and_creation_predictions(tiny_backbone, head):
 
 
 def _scfg(root, syn, init, out, **kw) -> SelfImproveConfig:
-    base = dict(data=str(root), synthetic=[str(syn)], backbone="tiny", init=str(init), out=str(out),
-                resolution=(64, 64), batch_size=4, epochs=1, progress=False, ema_every=1)
+    base = dict(
+        data=str(root),
+        synthetic=[str(syn)],
+        backbone="tiny",
+        init=str(init),
+        out=str(out),
+        resolution=(64, 64),
+        batch_size=4,
+        epochs=1,
+        progress=False,
+        ema_every=1,
+    )
     return SelfImproveConfig(**{**base, **kw})
 
 
@@ -157,8 +189,9 @@ def test_self_improve_creation_moves_only_by_ema(scenes_root, tmp_path, tiny_bac
     create_data(_ccfg(scenes_root, syn), tiny_backbone, head)
     init = load_file(small_head_dir / "model.safetensors")
     # decay 1: the creation head never changes (no gradient reaches it) while exploitation trains.
-    r = train_self_improve(_scfg(scenes_root, syn, small_head_dir, tmp_path / "frozen", ema_decay=1.0),
-                           backbone=tiny_backbone)
+    r = train_self_improve(
+        _scfg(scenes_root, syn, small_head_dir, tmp_path / "frozen", ema_decay=1.0), backbone=tiny_backbone
+    )
     assert r.steps == 4
     c = load_file(tmp_path / "frozen" / "creation" / "model.safetensors")
     e = load_file(tmp_path / "frozen" / "exploitation" / "model.safetensors")
@@ -166,8 +199,9 @@ def test_self_improve_creation_moves_only_by_ema(scenes_root, tmp_path, tiny_bac
     assert all(torch.equal(c[k], init[k]) for k in floats)
     assert any(not torch.equal(e[k], init[k]) for k in floats)
     # decay 0 after every step from the 2nd on: the creation head ends as the exploitation head.
-    train_self_improve(_scfg(scenes_root, syn, small_head_dir, tmp_path / "copy", ema_decay=0.0),
-                       backbone=tiny_backbone)
+    train_self_improve(
+        _scfg(scenes_root, syn, small_head_dir, tmp_path / "copy", ema_decay=0.0), backbone=tiny_backbone
+    )
     c = load_file(tmp_path / "copy" / "creation" / "model.safetensors")
     e = load_file(tmp_path / "copy" / "exploitation" / "model.safetensors")
     assert all(torch.equal(c[k], e[k]) for k in e)

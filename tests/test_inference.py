@@ -92,24 +92,73 @@ def test_expected_angular_error_limits():
 
 
 def test_cli_evaluate_and_predict(scenes_root, small_head_dir, tmp_path, capsys):
-    rc = main(["evaluate", "--data", str(scenes_root), "--backbone", "tiny", "--head", str(small_head_dir),
-               "--resolution", "64", "--out", str(tmp_path / "ev"), "--no-progress"])
+    rc = main(
+        [
+            "evaluate",
+            "--data",
+            str(scenes_root),
+            "--backbone",
+            "tiny",
+            "--head",
+            str(small_head_dir),
+            "--resolution",
+            "64",
+            "--out",
+            str(tmp_path / "ev"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "| mean | median |" in capsys.readouterr().out
-    rc = main(["predict", str(scenes_root / "test" / "img"), "--backbone", "tiny", "--head", str(small_head_dir),
-               "--resolution", "64", "--out", str(tmp_path / "pr"), "--no-progress"])
+    rc = main(
+        [
+            "predict",
+            str(scenes_root / "test" / "img"),
+            "--backbone",
+            "tiny",
+            "--head",
+            str(small_head_dir),
+            "--resolution",
+            "64",
+            "--out",
+            str(tmp_path / "pr"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and len(list((tmp_path / "pr").glob("*_normal.png"))) == 3
 
 
 def test_cli_bad_input_gives_one_line(tmp_path, capsys, small_head_dir):
     (tmp_path / "notes.txt").write_text("hi")
-    rc = main(["predict", str(tmp_path / "notes.txt"), "--backbone", "tiny", "--head", str(small_head_dir),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "predict",
+            str(tmp_path / "notes.txt"),
+            "--backbone",
+            "tiny",
+            "--head",
+            str(small_head_dir),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "notes.txt: not an image" in err
-    rc = main(["evaluate", "--data", str(tmp_path / "none"), "--backbone", "tiny", "--head", str(small_head_dir)])
+    rc = main(
+        ["evaluate", "--data", str(tmp_path / "none"), "--backbone", "tiny", "--head", str(small_head_dir)]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "no images in" in err and err.count("\n") == 0
-    rc = main(["predict", str(tmp_path / "notes.txt"), "--backbone", "tiny", "--head", str(tmp_path),
-               "--out", str(tmp_path / "o")])
+    rc = main(
+        [
+            "predict",
+            str(tmp_path / "notes.txt"),
+            "--backbone",
+            "tiny",
+            "--head",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 2

@@ -15,8 +15,17 @@ from diff2in1.stages.warmup import train_warmup
 
 
 def _cfg(root, out, **kw) -> WarmupConfig:
-    base = dict(data=str(root), backbone="tiny", out=str(out), head="small", resolution=(64, 64),
-                batch_size=4, epochs=2, checkpoint_every=1, progress=False)
+    base = dict(
+        data=str(root),
+        backbone="tiny",
+        out=str(out),
+        head="small",
+        resolution=(64, 64),
+        batch_size=4,
+        epochs=2,
+        checkpoint_every=1,
+        progress=False,
+    )
     return WarmupConfig(**{**base, **kw})
 
 

@@ -9,7 +9,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: on a shared 2-core machine, two OpenMP threads can stall each other badly.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

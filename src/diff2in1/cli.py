@@ -339,6 +339,30 @@ def _caption(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("demo", "the whole method end to end on procedural scenes with the shipped tiny backbone")
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="demo folder (resumes if it exists)")
+    p.add_argument("--quick", action="store_true", help="about a minute: fewer scenes, epochs and DDIM steps")
+    p.add_argument("--backbone", help="backbone (default: the shipped tiny-scenes preset)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+
+    def run(a: argparse.Namespace) -> None:
+        from .stages.demo import DemoConfig, run_demo
+
+        kw = {
+            k: v
+            for k, v in {"out": a.out, "backbone": a.backbone, "seed": a.seed, "progress": a.progress}.items()
+            if v is not None
+        }
+        cfg = DemoConfig.quick(**kw) if a.quick else DemoConfig(**kw)
+        report = run_demo(cfg)
+        print(report.read_text())
+        print(f"report written to {report}")
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -348,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-modal data generation (Diff-2-in-1).",
     )
     parser.add_argument("--version", action="version", version=f"diff2in1 {__version__}")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (help_text, add) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text, description=help_text))
@@ -360,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         args.func(args)
     except InputError as e:

@@ -91,3 +91,49 @@ def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
+
+
+_LINE_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def line_plot(
+    series: dict[str, list[float]],
+    title: str = "",
+    size: tuple[int, int] = (640, 360),
+    smooth: int = 1,
+    offsets: dict[str, int] | None = None,
+) -> Image.Image:
+    """A plain line chart of named series against their index (e.g. loss per step); a series
+    with an offset starts at that index (a stage that continues another)."""
+    offsets = offsets or {}
+    w, h = size
+    left, right, top, bottom = 56, 12, 24, 28
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    data = {
+        k: np.convolve(v, np.ones(smooth) / smooth, mode="valid")
+        if smooth > 1 and len(v) > smooth
+        else np.asarray(v, float)
+        for k, v in series.items()
+        if len(v)
+    }
+    if not data:
+        return img
+    lo = min(float(v.min()) for v in data.values())
+    hi = max(float(v.max()) for v in data.values())
+    hi = hi if hi > lo else lo + 1
+    n = max(len(v) + offsets.get(k, 0) for k, v in data.items())
+    draw.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    for frac in (0.0, 0.5, 1.0):
+        y = top + (1 - frac) * (h - top - bottom)
+        draw.text((4, y - 6), f"{lo + frac * (hi - lo):.3g}", fill=(0, 0, 0))
+    draw.text((left, h - bottom + 6), "0", fill=(0, 0, 0))
+    draw.text((w - right - 40, h - bottom + 6), f"{n - 1}", fill=(0, 0, 0))
+    draw.text((left, 4), title, fill=(0, 0, 0))
+    for i, (name, v) in enumerate(data.items()):
+        color = _LINE_COLORS[i % len(_LINE_COLORS)]
+        xs = left + (offsets.get(name, 0) + np.arange(len(v))) / max(n - 1, 1) * (w - left - right)
+        ys = top + (1 - (v - lo) / (hi - lo)) * (h - top - bottom)
+        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=color, width=2)
+        draw.text((w - right - 160, top + 6 + 14 * i), name, fill=color)
+    return img

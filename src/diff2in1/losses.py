@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,9 +33,21 @@ def _valid_cos(pred_normal: Tensor, gt: Tensor, mask: Tensor) -> tuple[Tensor, T
 
 
 def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
-    """Mean of values over valid; 0 (still in the graph) when nothing is valid. No host sync."""
+    """Mean of values over valid; 0 (still in the graph) when nothing is valid. No host sync.
+
+    Under data-parallel training (a process group of N > 1), this process's sum is divided by
+    the count over all processes and scaled by N: DDP's gradient average then gives exactly the
+    mean over every valid pixel of the global batch, whatever each process's share of valid
+    pixels (a plain per-process mean would weight processes, not pixels).
+    """
     v = valid.to(values.dtype)
-    return (values * v).sum() / v.sum().clamp(min=1.0)
+    count = v.sum()
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        return (values * v).sum() * world / count.clamp(min=1.0)
+    return (values * v).sum() / count.clamp(min=1.0)
 
 
 def ug_angular_nll(pred_normal: Tensor, pred_kappa: Tensor, gt: Tensor, mask: Tensor) -> Tensor:

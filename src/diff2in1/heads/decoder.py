@@ -67,12 +67,19 @@ def refine_mlp(in_channels: int, hidden: int) -> nn.Sequential:
     )
 
 
-def sample_point_indices(kappa: Tensor, valid: Tensor | None, n_points: int, n_uncertain: int) -> Tensor:
+def sample_point_indices(
+    kappa: Tensor,
+    valid: Tensor | None,
+    n_points: int,
+    n_uncertain: int,
+    generators: list[torch.Generator] | None = None,
+) -> Tensor:
     """Flat pixel indices (B, n_points): the n_uncertain lowest-kappa pixels, then the rest at random.
 
     kappa (B, H, W); valid (B, H, W) bool or None. Invalid pixels are ranked after every valid one,
     so they are never among the uncertain ones while enough valid pixels exist. The random part is
-    drawn uniformly without replacement from all remaining pixels, batched (no loop over B).
+    drawn uniformly without replacement from all remaining pixels, batched (no loop over B); with
+    one generator per image, each image's draw is independent of its batch (and process).
     """
     b = kappa.shape[0]
     score = -kappa.reshape(b, -1)  # higher = more uncertain
@@ -83,7 +90,11 @@ def sample_point_indices(kappa: Tensor, valid: Tensor | None, n_points: int, n_u
     n_random = n_points - n_uncertain
     if n_random <= 0:
         return uncertain
-    pick = torch.rand(rest.shape, device=rest.device).argsort(dim=1)[:, :n_random]
+    if generators is None:
+        scores = torch.rand(rest.shape, device=rest.device)
+    else:
+        scores = torch.stack([torch.rand(rest.shape[1], generator=g) for g in generators]).to(rest.device)
+    pick = scores.argsort(dim=1)[:, :n_random]
     return torch.cat([uncertain, rest.gather(1, pick)], 1)
 
 
@@ -142,7 +153,10 @@ class NormalDecoder(nn.Module):
         self.refine1 = refine_mlp(w4 + 4, refine_hidden)
 
     def forward(
-        self, skips: tuple[Tensor, Tensor, Tensor, Tensor, Tensor], gt_mask: Tensor | None = None
+        self,
+        skips: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+        gt_mask: Tensor | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> DecoderOutput:
         f4, f3, f2, f1, f0 = skips
         d1 = self.up1(self.d0(f4), f3)
@@ -154,7 +168,7 @@ class NormalDecoder(nn.Module):
         pred = coarse
         for mlp, feat in ((self.refine4, d2), (self.refine2, d3), (self.refine1, d4)):
             if self.training:
-                pred, pts, coords = self._refine_points(mlp, feat, pred, gt_mask)
+                pred, pts, coords = self._refine_points(mlp, feat, pred, gt_mask, generators)
                 out.point_preds.append(pts)
                 out.point_coords.append(coords)
             else:
@@ -170,7 +184,12 @@ class NormalDecoder(nn.Module):
         return norm_normalize(mlp(x.reshape(b, c, h * w))).reshape(b, 4, h, w)
 
     def _refine_points(
-        self, mlp: nn.Sequential, feat: Tensor, prev: Tensor, gt_mask: Tensor | None
+        self,
+        mlp: nn.Sequential,
+        feat: Tensor,
+        prev: Tensor,
+        gt_mask: Tensor | None,
+        generators: list[torch.Generator] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Start from 2x(prev) and overwrite N refined points. Returns (dense (B, 4, 2h, 2w),
         point predictions (B, 4, N), point coords (B, N, 2))."""
@@ -181,7 +200,7 @@ class NormalDecoder(nn.Module):
         valid = None
         if gt_mask is not None:
             valid = F.interpolate(gt_mask.to(dense.dtype), size=(h, w), mode="nearest")[:, 0] > 0.5
-        idx = sample_point_indices(dense[:, 3].detach(), valid, n_points, n_uncertain)  # (B, N)
+        idx = sample_point_indices(dense[:, 3].detach(), valid, n_points, n_uncertain, generators)  # (B, N)
         coords = indices_to_coords(idx, h, w)
         # Reading 2x(feat) at a pixel of the 2x grid equals reading feat at the same normalised
         # coordinate (align_corners True), so the upsampled features are never materialised.

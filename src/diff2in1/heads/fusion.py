@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .batchnorm import BatchNorm2d, batch_norm
 from .spectral import SNConv2d
 
 
@@ -53,7 +54,7 @@ class ResidualBlock(nn.Module):
         self.register_buffer("stored_var2", torch.ones(out_channels))
 
     def _bn(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        return F.batch_norm(x, mean, var, None, None, self.training, self.bn_momentum, self.bn_eps)
+        return batch_norm(x, mean, var, None, None, self.training, self.bn_momentum, self.bn_eps)
 
     def forward(self, x: Tensor) -> Tensor:
         a = F.relu(self._bn(x, self.stored_mean1, self.stored_var1))
@@ -87,11 +88,11 @@ class FeatureFusion(nn.Module):
         self.high_block = ResidualBlock(f3 + f2, f2)
         self.highest_proj = nn.Conv2d(c_highest, g, 1, bias=False)
         self.highest_block = ResidualBlock(f2 + g, g)
-        self.bn0 = nn.BatchNorm2d(g)
+        self.bn0 = BatchNorm2d(g)
         self.up1 = nn.ConvTranspose2d(g, f1, 2, stride=2)
-        self.bn1 = nn.BatchNorm2d(f1)
+        self.bn1 = BatchNorm2d(f1)
         self.up2 = nn.ConvTranspose2d(f1 + g, f0, 2, stride=2)
-        self.bn2 = nn.BatchNorm2d(f0)
+        self.bn2 = BatchNorm2d(f0)
 
     def forward(self, feats: FeatureGroups) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         mid_size, high_size, top_size = feats.mid.shape[-2:], feats.high.shape[-2:], feats.highest.shape[-2:]

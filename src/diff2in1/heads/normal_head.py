@@ -138,14 +138,19 @@ class NormalHead(nn.Module):
         feats: FeatureGroups,
         image_size: tuple[int, int] | None = None,
         gt_mask: Tensor | None = None,
+        point_seeds: list[int] | None = None,
     ) -> HeadOutput:
         """feats: tap groups at L/8, L/4, L/2, L. The native output size is 8x the `highest` size
         (the image size); `image_size` other than that resizes the output (bilinear) and renormalises.
         gt_mask (B, 1, H, W) or (B, H, W), True = valid; used in training to keep invalid pixels out of
-        the uncertain points."""
+        the uncertain points. point_seeds: one seed per image for the random points (training), so an
+        image's points do not depend on its batch or process; default: the global RNG."""
         if gt_mask is not None and gt_mask.dim() == 3:
             gt_mask = gt_mask.unsqueeze(1)
-        dec = self.decoder(self.fusion(feats), gt_mask if self.training else None)
+        gens = None
+        if point_seeds is not None and self.training:  # one generator per image, used at every scale
+            gens = [torch.Generator().manual_seed(int(seed)) for seed in point_seeds]
+        dec = self.decoder(self.fusion(feats), gt_mask if self.training else None, gens)
         final = dec.final
         renorm = self.training  # unrefined training pixels are interpolated, not unit
         if image_size is not None and tuple(image_size) != tuple(final.shape[-2:]):

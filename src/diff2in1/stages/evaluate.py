@@ -61,9 +61,12 @@ def evaluate(
     limit: int = 0,
 ) -> EvalResult:
     """Metrics of `predictor` on `data/split`; with `out`, writes metrics.json, per_image.csv, grid.png."""
+    from ..distributed import gather_objects, rank_world
+
+    rank, world = rank_world()
     dataset = NormalsDataset(data, split, size=None)
     n = min(len(dataset), limit) if limit else len(dataset)
-    subset = torch.utils.data.Subset(dataset, range(n))
+    subset = torch.utils.data.Subset(dataset, range(rank, n, world))  # process r: every world-th image
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=_collate)
     acc = MetricAccumulator()
     per_image, picture_rows = [], []
@@ -113,11 +116,16 @@ def evaluate(
                         uncertainty_to_rgb(kap[0].cpu().numpy()),
                     ]
                 )
+    if world > 1:  # pool the pixels of every process exactly: concatenate their errors
+        parts = gather_objects((acc.state(), per_image, picture_rows))
+        acc = MetricAccumulator.from_states([p[0] for p in parts])
+        per_image = sorted((r for p in parts for r in p[1]), key=lambda r: r["id"])
+        picture_rows = [row for p in parts for row in p[2]][:grid_rows]
     metrics = acc.compute()
     result = EvalResult(
         metrics={k: float(metrics[k]) for k in METRIC_NAMES} | {"pixels": len(acc)}, per_image=per_image
     )
-    if out is not None:
+    if out is not None and rank == 0:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "metrics.json", json.dumps(result.metrics, indent=1))

@@ -104,7 +104,8 @@ def run_training(
     """Train `models[trained]` with Adam on `step_fn(models, batch, global_step) -> loss`.
 
     `models` are all saved in checkpoints and in the resume state (e.g. the creation head of
-    the self-improving stage, updated by `after_step`). `before_epoch(epoch)` may return a new
+    the self-improving stage, updated by `after_step(optimizer_steps)` after each optimizer step).
+    `step` counts batches (with `grad_accum` > 1, several per optimizer step). `before_epoch(epoch)` may return a new
     dataset (re-created synthetic data).
     """
     opt = torch.optim.Adam(models[trained].parameters(), lr=cfg.lr)
@@ -181,8 +182,9 @@ def run_training(
                     opt.zero_grad(set_to_none=True)
                 step += 1
                 position = (epoch, b + 1)
-                if after_step is not None:
-                    after_step(step)
+                if after_step is not None and accelerator.sync_gradients:
+                    # With gradient accumulation, an optimizer step happens every grad_accum batches.
+                    after_step(step // cfg.grad_accum)
                 value = float(accelerator.reduce(loss.detach(), "mean"))
                 losses.append(value)
                 bar.set_postfix(loss=f"{value:.4f}")

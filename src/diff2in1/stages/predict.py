@@ -18,7 +18,6 @@ from ..backbone import Backbone, load_backbone
 from ..data.imageio import load_rgb
 from ..errors import InputError
 from ..heads import NormalHead
-from ..info import best_device
 from ..viz import normal_to_rgb, save_png, uncertainty_to_rgb
 from .loop import mix_seed
 
@@ -62,7 +61,9 @@ class NormalPredictor:
 
     @classmethod
     def from_paths(cls, backbone: str, head: str, device: str = "auto", **kw) -> NormalPredictor:
-        dev = best_device() if device == "auto" else device
+        from ..distributed import init_from_launcher
+
+        dev = init_from_launcher(device)
         return cls(load_backbone(backbone, device=dev), NormalHead.from_pretrained(head), **kw)
 
     @torch.no_grad()
@@ -117,6 +118,24 @@ def write_prediction(out_dir: Path, stem: str, normal: np.ndarray, kappa: np.nda
     save_png(uncertainty_to_rgb(kappa), out_dir / f"{stem}_uncertainty.png")
 
 
+def output_stems(files: list[Path]) -> list[str]:
+    """A unique output stem per file: `name`, then `name_1`, `name_2` for repeated names."""
+    seen: dict[str, int] = {}
+    stems = []
+    for f in files:
+        stems.append(f.stem if f.stem not in seen else f"{f.stem}_{seen[f.stem]}")
+        seen[f.stem] = seen.get(f.stem, 0) + 1
+    return stems
+
+
+def load_for_model(path: Path, resolution: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file -> (3, h, w) in [-1, 1] at the model resolution, and its own (H, W)."""
+    a = load_rgb(path)
+    x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False, antialias=True)[0]
+    return x, a.shape[:2]
+
+
 def predict_files(
     predictor: NormalPredictor,
     inputs: Iterable[str | Path],
@@ -124,35 +143,27 @@ def predict_files(
     batch_size: int = 4,
     progress: bool = True,
 ) -> list[Path]:
-    """Predict every image under `inputs`; writes colour normals, float .npy and uncertainty."""
+    """Predict every image under `inputs`; writes colour normals, float .npy and uncertainty.
+
+    Under a launcher with N processes, process r takes every N-th image (same outputs).
+    """
+    from ..distributed import rank_world
+
+    rank, world = rank_world()
     files = collect_images(inputs)
+    stems = output_stems(files)
+    mine = list(range(rank, len(files), world))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stems: dict[str, int] = {}
-    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress)
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        arrays = [load_rgb(f) for f in chunk]
-        x = torch.stack(
-            [
-                F.interpolate(
-                    torch.from_numpy(a).permute(2, 0, 1)[None].float() / 127.5 - 1,
-                    size=predictor.resolution,
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )[0]
-                for a in arrays
-            ]
-        )
-        pred = predictor(x, out_size=predictor.resolution, ids=range(start, start + len(chunk)))
-        for f, a, n, k in zip(chunk, arrays, pred.normal, pred.kappa, strict=True):
-            size = a.shape[:2]
+    bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
+        loaded = [load_for_model(files[i], predictor.resolution) for i in chunk]
+        pred = predictor(torch.stack([x for x, _ in loaded]), out_size=predictor.resolution, ids=chunk)
+        for i, (_, size), n, k in zip(chunk, loaded, pred.normal, pred.kappa, strict=True):
             n = resize_normals(n[None], size)[0].permute(1, 2, 0).cpu().numpy()
             k = F.interpolate(k[None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-            stem = f.stem if f.stem not in stems else f"{f.stem}_{stems[f.stem]}"
-            stems[f.stem] = stems.get(f.stem, 0) + 1
-            write_prediction(out_dir, stem, n, k)
+            write_prediction(out_dir, stems[i], n, k)
         bar.update(len(chunk))
     bar.close()
     return files

@@ -88,9 +88,11 @@ def train_self_improve(
         raise InputError("train-self-improve: give --synthetic SYN (or --recreate-every to make it here)")
     original = Tagged(NormalsDataset(cfg.data, cfg.split, size=cfg.resolution), True)
     synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution)]
-    run = RunDir(cfg.out)
-    run.start(cfg, resume=resume)
     accelerator = make_accelerator(cfg)
+    run = RunDir(cfg.out)
+    if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
+        run.start(cfg, resume=resume)
+    accelerator.wait_for_everyone()
     backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
     backbone.to(accelerator.device)
     exploitation = NormalHead.from_pretrained(cfg.init).to(accelerator.device)
@@ -112,8 +114,8 @@ def train_self_improve(
             feats = backbone.perceive(images, seeds=seeds, sample_posterior=cfg.sample_posterior)
         feats = feats.to(torch.float32)
         target, mask = mixed_targets(models["creation"], feats, size, batch)
-        torch.manual_seed(mix_seed(cfg.seed, step, rank, 1))
-        out = models["exploitation"](feats, image_size=size, gt_mask=mask)
+        points = [mix_seed(cfg.seed, step, int(i), 1) for i in batch["index"]]
+        out = models["exploitation"](feats, image_size=size, gt_mask=mask, point_seeds=points)
         return head_loss(out, target, mask, kind=cfg.loss)
 
     def after_step(step: int) -> None:

@@ -33,9 +33,7 @@ def build_head(spec: str, backbone: Backbone) -> NormalHead:
     return head
 
 
-def perception_step(
-    backbone: Backbone, head, batch: dict, cfg, step: int, rank: int, autocast
-) -> torch.Tensor:
+def perception_step(backbone: Backbone, head, batch: dict, cfg, step: int, autocast) -> torch.Tensor:
     """Loss of one labelled batch: features (no grad) -> head -> SPEC 4 loss."""
     device = backbone.device
     images = batch["image"].to(device, non_blocking=True)
@@ -46,24 +44,25 @@ def perception_step(
     with torch.no_grad(), autocast():
         feats = backbone.perceive(images, seeds=seeds, sample_posterior=cfg.sample_posterior)
     feats = feats.to(torch.float32)
-    torch.manual_seed(mix_seed(cfg.seed, step, rank, 1))  # the head's random point choice
-    out = head(feats, image_size=tuple(images.shape[-2:]), gt_mask=mask)
+    points = [mix_seed(cfg.seed, step, int(i), 1) for i in batch["index"]]  # the head's random points
+    out = head(feats, image_size=tuple(images.shape[-2:]), gt_mask=mask, point_seeds=points)
     return head_loss(out, normal, mask, kind=cfg.loss)
 
 
 def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | None = None) -> LoopResult:
     """Run stage 1 into `cfg.out`; returns the steps, losses and the final head folder."""
     dataset = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution)  # fails before any model loads
-    run = RunDir(cfg.out)
-    run.start(cfg, resume=resume)
     accelerator = make_accelerator(cfg)
+    run = RunDir(cfg.out)
+    if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
+        run.start(cfg, resume=resume)
+    accelerator.wait_for_everyone()
     backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
     backbone.to(accelerator.device)
     torch.manual_seed(cfg.seed)  # the same initial head on every process and every resume
     head = build_head(cfg.head, backbone).to(accelerator.device)
-    rank = accelerator.process_index
 
     def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
-        return perception_step(backbone, models["head"], batch, cfg, step, rank, accelerator.autocast)
+        return perception_step(backbone, models["head"], batch, cfg, step, accelerator.autocast)
 
     return run_training(cfg, run, dataset, {"head": head}, "head", step_fn, accelerator, resume=resume)

@@ -105,8 +105,8 @@ def run_training(
 
     `models` are all saved in checkpoints and in the resume state (e.g. the creation head of
     the self-improving stage, updated by `after_step(optimizer_steps)` after each optimizer step).
-    `step` counts batches (with `grad_accum` > 1, several per optimizer step). `before_epoch(epoch)` may return a new
-    dataset (re-created synthetic data).
+    `step` counts batches (with `grad_accum` > 1, several per optimizer step).
+    `before_epoch(epoch)` may return a new dataset (re-created synthetic data).
     """
     opt = torch.optim.Adam(models[trained].parameters(), lr=cfg.lr)
     models[trained], opt = accelerator.prepare(models[trained], opt)

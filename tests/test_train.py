@@ -86,3 +86,27 @@ def test_config_file_and_defaults(tmp_path):
     with pytest.raises(InputError, match="learning_rate"):
         load_config(WarmupConfig, path)
     assert "lr: 0.000357" in default_yaml(WarmupConfig)
+
+
+def test_feature_cache_computes_each_image_once(scenes_root, tmp_path, tiny_backbone, monkeypatch):
+    calls = []
+    real = tiny_backbone.perceive
+
+    def counting(images, **kw):
+        calls.append(images.shape[0])
+        return real(images, **kw)
+
+    monkeypatch.setattr(tiny_backbone, "perceive", counting)
+    mem = train_warmup(
+        _cfg(scenes_root, tmp_path / "mem", epochs=3, feature_cache="memory"), backbone=tiny_backbone
+    )
+    assert sum(calls) == 8  # 8 training images, each encoded once over 3 epochs
+    calls.clear()
+    disk = train_warmup(
+        _cfg(scenes_root, tmp_path / "disk", epochs=3, feature_cache="disk"), backbone=tiny_backbone
+    )
+    assert sum(calls) == 8 and len(list((tmp_path / "disk" / "feature_cache").glob("*.safetensors"))) == 8
+    assert disk.losses == pytest.approx(mem.losses)
+    calls.clear()
+    plain = train_warmup(_cfg(scenes_root, tmp_path / "plain", epochs=3), backbone=tiny_backbone)
+    assert sum(calls) == 24 and plain.losses != pytest.approx(mem.losses)

@@ -67,7 +67,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     p.add_argument(
         "--feature-cache",
-        choices=["none", "memory"],
+        choices=["none", "memory", "disk"],
         help="reuse each image's taps across epochs (fixes its noise; see README)",
     )
     p.add_argument("--num-workers", type=int)

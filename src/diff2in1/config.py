@@ -35,7 +35,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast of backbone and head)
     grad_accum: int = 1
     sample_posterior: bool = True  # SPEC 1: the research code samples the VAE posterior
-    feature_cache: str = "none"  # none | memory: reuse each image's taps across epochs
+    feature_cache: str = "none"  # none | memory | disk: reuse each image's taps across epochs (warm-up)
     num_workers: int = 0
     device: str = "auto"
     progress: bool = True

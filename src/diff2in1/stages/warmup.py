@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..heads import HeadConfig, NormalHead
 from ..losses import head_loss
 from ..runs import RunDir
+from .feature_cache import FeatureCache
 from .loop import LoopResult, make_accelerator, mix_seed, run_training
 
 
@@ -33,18 +34,27 @@ def build_head(spec: str, backbone: Backbone) -> NormalHead:
     return head
 
 
-def perception_step(backbone: Backbone, head, batch: dict, cfg, step: int, autocast) -> torch.Tensor:
+def perception_step(
+    backbone: Backbone, head, batch: dict, cfg, step: int, autocast, cache: FeatureCache | None = None
+) -> torch.Tensor:
     """Loss of one labelled batch: features (no grad) -> head -> SPEC 4 loss."""
     device = backbone.device
     images = batch["image"].to(device, non_blocking=True)
     normal = batch["normal"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
-    # An image's noise depends on (seed, step, sample index), not on its batch or process.
-    seeds = [mix_seed(cfg.seed, step, int(i)) for i in batch["index"]]
-    with torch.no_grad(), autocast():
-        feats = backbone.perceive(images, seeds=seeds, sample_posterior=cfg.sample_posterior)
-    feats = feats.to(torch.float32)
-    points = [mix_seed(cfg.seed, step, int(i), 1) for i in batch["index"]]  # the head's random points
+    indices = [int(i) for i in batch["index"]]
+
+    def compute(which: list[int], seeds: list[int]):
+        with torch.no_grad(), autocast():
+            return backbone.perceive(images[which], seeds=seeds, sample_posterior=cfg.sample_posterior)
+
+    if cache is None:
+        # An image's noise depends on (seed, step, sample index), not on its batch or process.
+        feats = compute(list(range(len(indices))), [mix_seed(cfg.seed, step, i) for i in indices])
+    else:  # fixed noise per image: drawn from (seed, index) once
+        feats = cache.features(indices, lambda m: compute(m, [mix_seed(cfg.seed, indices[k]) for k in m]))
+    feats = feats.to(device, torch.float32)
+    points = [mix_seed(cfg.seed, step, i, 1) for i in indices]  # the head's random points
     out = head(feats, image_size=tuple(images.shape[-2:]), gt_mask=mask, point_seeds=points)
     return head_loss(out, normal, mask, kind=cfg.loss)
 
@@ -62,7 +72,12 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     torch.manual_seed(cfg.seed)  # the same initial head on every process and every resume
     head = build_head(cfg.head, backbone).to(accelerator.device)
 
+    cache = None
+    if cfg.feature_cache != "none":
+        # One folder for all processes: each file is written atomically, by index.
+        cache = FeatureCache(cfg.feature_cache, run.root / "feature_cache")
+
     def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
-        return perception_step(backbone, models["head"], batch, cfg, step, accelerator.autocast)
+        return perception_step(backbone, models["head"], batch, cfg, step, accelerator.autocast, cache)
 
     return run_training(cfg, run, dataset, {"head": head}, "head", step_fn, accelerator, resume=resume)

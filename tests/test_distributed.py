@@ -83,6 +83,8 @@ def _train_args(data, head, out, *extra):
         "--epochs",
         "2",
         "--no-progress",
+        "--num-workers",
+        "0",
         *extra,
     ]
 
@@ -152,6 +154,8 @@ def test_two_processes_self_improve_like_one(valid_data, dense_head, tmp_path, t
         "--ema-decay",
         "0.5",
         "--no-progress",
+        "--num-workers",
+        "0",
     ]
     assert main(["--threads", "1", *args, "--out", str(tmp_path / "one")]) == 0
     torchrun(*args, "--out", str(tmp_path / "two"))

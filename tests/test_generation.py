@@ -180,6 +180,7 @@ def _scfg(root, syn, init, out, **kw) -> SelfImproveConfig:
         epochs=1,
         progress=False,
         ema_every=1,
+        num_workers=0,
     )
     return SelfImproveConfig(**{**base, **kw})
 

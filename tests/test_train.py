@@ -25,13 +25,14 @@ def _cfg(root, out, **kw) -> WarmupConfig:
         epochs=2,
         checkpoint_every=1,
         progress=False,
+        num_workers=0,
     )
     return WarmupConfig(**{**base, **kw})
 
 
 def test_warmup_loss_falls_and_run_folder_is_complete(scenes_root, tmp_path, tiny_backbone):
     out = tmp_path / "run"
-    result = train_warmup(_cfg(scenes_root, out, epochs=6, lr=1e-3), backbone=tiny_backbone)
+    result = train_warmup(_cfg(scenes_root, out, epochs=6, lr=1e-3, num_workers=2), backbone=tiny_backbone)
     assert result.steps == 12
     first, last = sum(result.losses[:2]) / 2, sum(result.losses[-2:]) / 2
     assert last < first - 0.1, result.losses
@@ -110,3 +111,19 @@ def test_feature_cache_computes_each_image_once(scenes_root, tmp_path, tiny_back
     calls.clear()
     plain = train_warmup(_cfg(scenes_root, tmp_path / "plain", epochs=3), backbone=tiny_backbone)
     assert sum(calls) == 24 and plain.losses != pytest.approx(mem.losses)
+
+
+def test_shipped_yaml_configs_are_the_defaults():
+    from importlib import resources
+
+    from diff2in1.config import CreateConfig, SelfImproveConfig
+
+    for name, cls in (
+        ("warmup", WarmupConfig),
+        ("self_improve", SelfImproveConfig),
+        ("create", CreateConfig),
+    ):
+        text = (resources.files("diff2in1.configs") / f"{name}.yaml").read_text()
+        assert yaml.safe_load(text) == yaml.safe_load(default_yaml(cls)), name
+        path = resources.files("diff2in1.configs") / f"{name}.yaml"
+        assert load_config(cls, str(path)) == cls()  # regenerate: python scripts/write_default_configs.py

@@ -36,7 +36,7 @@ class TrainConfig:
     grad_accum: int = 1
     sample_posterior: bool = True  # SPEC 1: the research code samples the VAE posterior
     feature_cache: str = "none"  # none | memory | disk: reuse each image's taps across epochs (warm-up)
-    num_workers: int = 0
+    num_workers: int = 2  # data-loading processes (0 = load in the training process)
     device: str = "auto"
     progress: bool = True
 

@@ -86,6 +86,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         seed=cfg.seed,
         progress=cfg.progress,
         checkpoint_every=0,
+        num_workers=0,  # small images: loading in the training process is cheaper than workers
     )
 
     t = time.perf_counter()

@@ -12,9 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,27 +22,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_path, save_text
 from .errors import InputError
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 @contextmanager
@@ -118,7 +97,7 @@ class RunDir:
         if self.config_path.exists():
             raise InputError(f"{self.root}: already holds a run; use --resume or another --out")
         self.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.config_path, yaml.safe_dump(plain, sort_keys=False))
+        save_text(self.config_path, yaml.safe_dump(plain, sort_keys=False))
 
     # ------------------------------------------------------------- training state
     def save_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:

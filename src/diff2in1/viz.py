@@ -85,7 +85,7 @@ def grid(
 
 def save_png(image: Image.Image | np.ndarray, path: str | Path) -> Path:
     """Write a PNG atomically."""
-    from .runs import atomic_path
+    from .atomic import atomic_path
 
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
     with atomic_path(path) as tmp:

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from diff2in1.atomic import TMP_SUFFIX, atomic_write, save_text  # noqa: F401  (re-exported)
 from diff2in1.errors import InputError
-
-# Temp files start with "." and end with ".tmp" so directory listings skip them.
-TMP_SUFFIX = ".tmp"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write `path` atomically: `write(fileobj)` fills a temp file in the same dir, then os.replace.
-
-    An interrupted process leaves either the old file or none, never a truncated one. (No fsync:
-    thousands of small dataset files would pay for it, and power loss is not the case we guard.)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def save_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
@@ -46,11 +21,6 @@ def save_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save an array as .npy (lossless), atomically."""
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
-def save_text(path: str | os.PathLike, text: str) -> None:
-    """Save UTF-8 text, atomically."""
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def png_header(path: str | os.PathLike) -> tuple[int, int, str]:

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import save_text
 from ..backbone import Backbone
 from ..config import CreateConfig
 from ..data import NormalsDataset, write_sample
 from ..errors import InputError
 from ..heads import NormalHead
-from ..runs import to_plain, write_text_atomic
+from ..runs import to_plain
 from ..viz import grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
 from .loop import mix_seed
 
@@ -133,7 +134,7 @@ def create_data(
         if not (out / "meta" / f"{sample_id(source.ids[j // k_per], j % k_per)}.json").exists()
     ]
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "create_config.json", json.dumps(to_plain(cfg), indent=1))
+    save_text(out / "create_config.json", json.dumps(to_plain(cfg), indent=1))
     common = {
         "t_start": cfg.t_start,
         "steps": cfg.steps,
@@ -175,7 +176,7 @@ def create_data(
                 "caption": it["caption"],
                 **common,
             }
-            write_text_atomic(out / "meta" / f"{sid}.json", json.dumps(meta))
+            save_text(out / "meta" / f"{sid}.json", json.dumps(meta))
             if j < cfg.preview and len(previews) < cfg.preview:
                 previews.append(
                     [
@@ -207,7 +208,7 @@ def write_manifest(out: str | Path) -> Path:
     """Gather `meta/*.json` into `manifest.jsonl`, sorted by id (idempotent, any shard may call it)."""
     out = Path(out)
     lines = [p.read_text().strip() for p in sorted((out / "meta").glob("*.json"))]
-    write_text_atomic(out / "manifest.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+    save_text(out / "manifest.jsonl", "\n".join(lines) + ("\n" if lines else ""))
     return out / "manifest.jsonl"
 
 

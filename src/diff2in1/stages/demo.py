@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import save_text
 from ..backbone import load_backbone
 from ..config import CreateConfig, SelfImproveConfig, WarmupConfig
 from ..data import NormalsDataset
 from ..data.scenes import make_scenes
 from ..heads import NormalHead
-from ..runs import RunDir, to_plain, write_text_atomic
+from ..runs import RunDir, to_plain
 from ..viz import grid, image_to_rgb, line_plot, normal_to_rgb, save_png, uncertainty_to_rgb
 from .create import create_data
 from .evaluate import evaluate, format_table
@@ -69,7 +70,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo into `cfg.out`; returns the path of `report.md`."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "demo_config.json", json.dumps(to_plain(cfg), indent=1))
+    save_text(out / "demo_config.json", json.dumps(to_plain(cfg), indent=1))
     times: dict[str, float] = {}
     t = time.perf_counter()
     data = out / "data"
@@ -165,8 +166,8 @@ def run_demo(cfg: DemoConfig) -> Path:
         res,
     )
     report = _report(cfg, metrics, times, figures, warm, si)
-    write_text_atomic(out / "report.md", report)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
+    save_text(out / "report.md", report)
+    save_text(out / "metrics.json", json.dumps(metrics, indent=1))
     return out / "report.md"
 
 

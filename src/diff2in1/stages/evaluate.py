@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..atomic import save_text
 from ..data import NormalsDataset
 from ..metrics import MetricAccumulator, angular_error_deg
-from ..runs import write_text_atomic
 from ..viz import error_to_rgb, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
 from .predict import NormalPredictor
 
@@ -128,11 +128,11 @@ def evaluate(
     if out is not None and rank == 0:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "metrics.json", json.dumps(result.metrics, indent=1))
+        save_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
         lines = ["id,pixels,mean,median"] + [
             f"{r['id']},{r['pixels']},{r['mean']:.4f},{r['median']:.4f}" for r in per_image
         ]
-        write_text_atomic(out / "per_image.csv", "\n".join(lines) + "\n")
+        save_text(out / "per_image.csv", "\n".join(lines) + "\n")
         save_png(
             grid(
                 picture_rows,

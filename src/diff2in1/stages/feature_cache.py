@@ -42,7 +42,7 @@ class FeatureCache:
         if self.kind == "memory":
             self._memory[index] = groups
             return
-        from ..runs import atomic_path
+        from ..atomic import atomic_path
 
         with atomic_path(self._path(index)) as tmp:
             save_file(groups, tmp)

@@ -79,11 +79,9 @@ class RunDir:
     def has_state(self) -> bool:
         return (self.state_dir / "state.json").exists()
 
-    def start(self, config: Any, resume: bool) -> None:
-        """Write config.yaml (new run) or check it matches (resume).
-
-        A new run refuses a folder that already holds a run, so no work is overwritten.
-        """
+    def check(self, config: Any, resume: bool) -> None:
+        """Refuse, before any work: a new run in a folder that holds one (nothing is overwritten),
+        or a resume with nothing to resume or with changed settings."""
         plain = to_plain(config)
         if resume:
             if not self.config_path.exists():
@@ -93,11 +91,15 @@ class RunDir:
             if changed:
                 detail = ", ".join(f"{k}: {saved.get(k)!r} -> {plain[k]!r}" for k in changed[:4])
                 raise InputError(f"{self.config_path}: --resume with different settings ({detail})")
-            return
-        if self.config_path.exists():
+        elif self.config_path.exists():
             raise InputError(f"{self.root}: already holds a run; use --resume or another --out")
-        self.root.mkdir(parents=True, exist_ok=True)
-        save_text(self.config_path, yaml.safe_dump(plain, sort_keys=False))
+
+    def start(self, config: Any, resume: bool) -> None:
+        """`check`, then write config.yaml for a new run."""
+        self.check(config, resume)
+        if not resume:
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_text(self.config_path, yaml.safe_dump(to_plain(config), sort_keys=False))
 
     # ------------------------------------------------------------- training state
     def save_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:

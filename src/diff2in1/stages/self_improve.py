@@ -24,6 +24,7 @@ from ..losses import head_loss
 from ..runs import RunDir
 from .create import create_data
 from .loop import LoopResult, make_accelerator, mix_seed, run_training
+from .warmup import build_head
 
 
 class Tagged(Dataset):
@@ -88,20 +89,15 @@ def train_self_improve(
         raise InputError("train-self-improve: give --synthetic SYN (or --recreate-every to make it here)")
     original = Tagged(NormalsDataset(cfg.data, cfg.split, size=cfg.resolution), True)
     synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution)]
-    accelerator = make_accelerator(cfg)
     run = RunDir(cfg.out)
+    run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+    accelerator = make_accelerator(cfg)
+    backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
+    backbone.to(accelerator.device)
+    exploitation = build_head(cfg.init, backbone).to(accelerator.device)
     if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
         run.start(cfg, resume=resume)
     accelerator.wait_for_everyone()
-    backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
-    backbone.to(accelerator.device)
-    exploitation = NormalHead.from_pretrained(cfg.init).to(accelerator.device)
-    in_channels = tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
-    if tuple(exploitation.config.in_channels) != in_channels:
-        raise InputError(
-            f"{cfg.init}: head expects tap channels {tuple(exploitation.config.in_channels)}, "
-            f"the backbone gives {in_channels}"
-        )
     creation = copy.deepcopy(exploitation).requires_grad_(False)
     models = {"creation": creation, "exploitation": exploitation}
     rank = accelerator.process_index

@@ -62,15 +62,16 @@ def perception_step(
 def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | None = None) -> LoopResult:
     """Run stage 1 into `cfg.out`; returns the steps, losses and the final head folder."""
     dataset = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution)  # fails before any model loads
-    accelerator = make_accelerator(cfg)
     run = RunDir(cfg.out)
-    if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
-        run.start(cfg, resume=resume)
-    accelerator.wait_for_everyone()
+    run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+    accelerator = make_accelerator(cfg)
     backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
     backbone.to(accelerator.device)
     torch.manual_seed(cfg.seed)  # the same initial head on every process and every resume
     head = build_head(cfg.head, backbone).to(accelerator.device)
+    if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
+        run.start(cfg, resume=resume)
+    accelerator.wait_for_everyone()
 
     cache = None
     if cfg.feature_cache != "none":

@@ -133,14 +133,23 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the t=0 noise")
+    p.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="autocast the backbone (bf16 on CPU and recent GPUs, fp16 on older GPUs / Apple)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
 def _predictor(a: argparse.Namespace):
+    import torch
+
     from .stages.predict import NormalPredictor
 
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.mixed_precision)
     return NormalPredictor.from_paths(
-        a.backbone, a.head, device=a.device, resolution=a.resolution, seed=a.seed
+        a.backbone, a.head, device=a.device, resolution=a.resolution, seed=a.seed, autocast_dtype=amp
     )
 
 

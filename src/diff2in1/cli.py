@@ -71,6 +71,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="reuse each image's taps across epochs (fixes its noise; see README)",
     )
     p.add_argument("--num-workers", type=int)
+    p.add_argument(
+        "--skip-bad-samples",
+        action="store_const",
+        const=True,
+        help="leave out unreadable or unpaired samples (listed) instead of stopping",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
@@ -98,6 +104,7 @@ TRAIN_KEYS = [
     "num_workers",
     "device",
     "progress",
+    "skip_bad_samples",
 ]
 
 
@@ -161,6 +168,11 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         "--out", help="folder for metrics.json, per_image.csv, grid.png (default: <head>/eval_<split>)"
     )
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument(
+        "--skip-bad-samples",
+        action="store_true",
+        help="leave out unreadable or unpaired samples (listed at the end) instead of stopping",
+    )
     _predictor_args(p)
 
     def run(a: argparse.Namespace) -> None:
@@ -169,7 +181,8 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         from .data import NormalsDataset
         from .stages.evaluate import evaluate, format_table
 
-        NormalsDataset(a.data, a.split, size=None)  # bad data fails before any model loads
+        # Bad data fails before any model loads.
+        NormalsDataset(a.data, a.split, size=None, on_error="skip" if a.skip_bad_samples else "raise")
         out = a.out or str(Path(a.head) / f"eval_{a.split}")
         result = evaluate(
             _predictor(a),
@@ -179,9 +192,12 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
             batch_size=a.batch_size,
             progress=a.progress,
             limit=a.limit,
+            skip_bad_samples=a.skip_bad_samples,
         )
         print(format_table({Path(a.head).name: result.metrics}))
         print(f"{result.metrics['pixels']} pixels; written to {out}")
+        for sample_id, reason in result.skipped:
+            print(f"skipped {sample_id}: {reason}")
 
     p.set_defaults(func=run)
 

@@ -36,6 +36,7 @@ class TrainConfig:
     grad_accum: int = 1
     sample_posterior: bool = True  # SPEC 1: the research code samples the VAE posterior
     feature_cache: str = "none"  # none | memory | disk: reuse each image's taps across epochs (warm-up)
+    skip_bad_samples: bool = False  # leave out unreadable / unpaired samples (listed) instead of failing
     num_workers: int = 2  # data-loading processes (0 = load in the training process)
     device: str = "auto"
     progress: bool = True

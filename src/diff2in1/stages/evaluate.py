@@ -33,6 +33,7 @@ class EvalResult:
 
     metrics: dict[str, float]
     per_image: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) of left-out samples
     files: dict[str, str] = field(default_factory=dict)
 
 
@@ -59,12 +60,13 @@ def evaluate(
     grid_rows: int = 6,
     progress: bool = True,
     limit: int = 0,
+    skip_bad_samples: bool = False,
 ) -> EvalResult:
     """Metrics of `predictor` on `data/split`; with `out`, writes metrics.json, per_image.csv, grid.png."""
     from ..distributed import gather_objects, rank_world
 
     rank, world = rank_world()
-    dataset = NormalsDataset(data, split, size=None)
+    dataset = NormalsDataset(data, split, size=None, on_error="skip" if skip_bad_samples else "raise")
     n = min(len(dataset), limit) if limit else len(dataset)
     subset = torch.utils.data.Subset(dataset, range(rank, n, world))  # process r: every world-th image
     loader = DataLoader(subset, batch_size=batch_size, collate_fn=_collate)
@@ -123,7 +125,9 @@ def evaluate(
         picture_rows = [row for p in parts for row in p[2]][:grid_rows]
     metrics = acc.compute()
     result = EvalResult(
-        metrics={k: float(metrics[k]) for k in METRIC_NAMES} | {"pixels": len(acc)}, per_image=per_image
+        metrics={k: float(metrics[k]) for k in METRIC_NAMES} | {"pixels": len(acc)},
+        per_image=per_image,
+        skipped=list(dataset.skipped),
     )
     if out is not None and rank == 0:
         out = Path(out)

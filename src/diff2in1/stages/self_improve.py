@@ -87,7 +87,8 @@ def train_self_improve(
     """Run stage 2 into `cfg.out`; final heads in `<out>/creation` and `<out>/exploitation`."""
     if not cfg.synthetic and not cfg.recreate_every:
         raise InputError("train-self-improve: give --synthetic SYN (or --recreate-every to make it here)")
-    original = Tagged(NormalsDataset(cfg.data, cfg.split, size=cfg.resolution), True)
+    on_error = "skip" if cfg.skip_bad_samples else "raise"
+    original = Tagged(NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, on_error=on_error), True)
     synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution)]
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load

@@ -61,7 +61,8 @@ def perception_step(
 
 def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | None = None) -> LoopResult:
     """Run stage 1 into `cfg.out`; returns the steps, losses and the final head folder."""
-    dataset = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution)  # fails before any model loads
+    on_error = "skip" if cfg.skip_bad_samples else "raise"
+    dataset = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, on_error=on_error)  # before any model
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
     accelerator = make_accelerator(cfg)

@@ -1,0 +1,150 @@
+"""`python -m diff2in1.bench`: the smoke run, the report, and baseline == ours."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import diff2in1.bench_baseline as baseline_mod
+from diff2in1 import bench
+from diff2in1.heads import HeadConfig, NormalHead
+from diff2in1.heads.decoder import MIN_KAPPA
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_head(backbone) -> NormalHead:
+    torch.manual_seed(0)
+    return NormalHead(
+        HeadConfig.small(tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest")))
+    )
+
+
+def test_smoke_run_writes_every_stage(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--smoke", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["backbone"] == "tiny" and report["config"]["resolution"] == 64
+    assert report["config"]["loadavg_start"] is None or len(report["config"]["loadavg_start"]) == 3
+    for name in (*bench.STAGES, *bench.HEAD_STAGES):
+        st = report["stages"][name]
+        assert st["sec_per_image"] > 0 and st["images_per_s"] == pytest.approx(1 / st["sec_per_image"])
+        assert st["peak_mb"] > 0 and st["peak_delta_mb"] >= 0
+        assert st["flops_per_call"] > 0 and st["achieved_flops_per_s"] > 0
+    # Every stage but the head-only ones runs the UNet; the created sample runs it once per step.
+    assert report["stages"]["taps"]["module_calls_per_call"]["unet"] == 1
+    create = report["stages"]["create_sample"]
+    assert create["module_calls_per_call"]["unet"] == create["steps_measured"] == 2
+    assert create["extrapolated"] and create["steps_full"] == 50 and "extrapolated" in create["note"]
+    assert create["sec_per_call"] > create["measured_sec_per_call"]
+    f = report["flops"]
+    assert f["per_call"]["unet_forward"] > 0 and f["unet_flops_per_s"] > 0
+    assert f["matmul_flops_per_s"]["fp32"] > 0
+    assert f["unet_fraction_of_matmul_peak"] == pytest.approx(
+        f["unet_flops_per_s"] / f["matmul_flops_per_s"]["fp32"]
+    )
+    for name in bench.BASELINE_STAGES:
+        assert report["baseline"][name]["sec_per_image"] > 0
+        assert report["speedup"][name] == pytest.approx(
+            report["baseline"][name]["sec_per_call"] / report["stages"][name]["sec_per_call"]
+        )
+    eq = report["equivalence"]
+    assert eq["grad_keys_matched"] == 1.0
+    assert max(v for k, v in eq.items() if k != "grad_keys_matched") < 1e-4, eq
+    table = capsys.readouterr().out
+    assert "created sample (50 st.)*" in table and "extrapolated from a measured 2-step run" in table
+    assert "of the measured fp32 matmul rate" in table and "load average at start" in table
+
+
+def test_baseline_matches_ours_and_can_fail(tiny_backbone, monkeypatch):
+    head = small_head(tiny_backbone)
+    batch = bench.make_batch(2, 64, torch.device("cpu"))
+    eq = bench.check_equivalence(tiny_backbone, head, batch)
+    assert eq["grad_keys_matched"] == 1.0
+    for key in ("predict_normal", "predict_kappa", "warmup_loss", "warmup_grads", "warmup_buffers"):
+        assert eq[key] < 1e-4, (key, eq)
+
+    # A baseline that computes something else is caught: kappa's floor changed in the baseline only.
+    real = baseline_mod.norm_normalize
+
+    def shifted(out):
+        y = real(out)
+        return torch.cat([y[:, :3], y[:, 3:] + MIN_KAPPA], 1)
+
+    monkeypatch.setattr(baseline_mod, "norm_normalize", shifted)
+    bad = bench.check_equivalence(tiny_backbone, head, batch)
+    assert bad["predict_kappa"] > 1e-3 and bad["warmup_loss"] > 1e-4 and bad["warmup_grads"] > 1e-4
+
+
+def test_baseline_write_back_loop_matches_scatter(tiny_backbone):
+    """Training mode at the default sampling ratio: the same points, the same refined values."""
+    head = small_head(tiny_backbone).train()
+    bhead = baseline_mod.BaselineHead(head, baseline_mod.tap_splits(tiny_backbone))
+    batch = bench.make_batch(2, 64, torch.device("cpu"))
+    feats = tiny_backbone.perceive(batch["image"], seeds=[1, 2])
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    ours = head(feats, image_size=(64, 64), gt_mask=batch["mask"], point_seeds=[5, 6])
+    head.load_state_dict(state)
+    ref = bhead(feats, image_size=(64, 64), gt_mask=batch["mask"], point_seeds=[5, 6])
+    torch.testing.assert_close(ours.coarse, ref.coarse, rtol=1e-4, atol=1e-5)
+    # Near-tied uncertainties may swap under rounding; nearly all points must agree exactly.
+    for a, b in zip(ours.point_coords, ref.point_coords, strict=True):
+        assert (a == b).all(-1).float().mean() > 0.99
+    same = (ours.point_coords[-1] == ref.point_coords[-1]).all(-1)
+    torch.testing.assert_close(
+        ours.point_preds[-1].transpose(1, 2)[same],
+        ref.point_preds[-1].transpose(1, 2)[same],
+        rtol=1e-3,
+        atol=1e-4,
+    )
+
+
+def test_flops_on_meta_equal_flops_on_the_real_unet(tiny_backbone):
+    """The meta-device count (used by the benchmark) equals a count on the real module, attention included."""
+    head = small_head(tiny_backbone)
+    meta = bench.model_flops(tiny_backbone, head, batch=1, resolution=64)
+    unet = tiny_backbone.unet
+    z = torch.randn(1, 4, 8, 8)
+    cond = tiny_backbone.empty_embedding(1)
+    with torch.no_grad():
+        real = bench.count_flops(
+            lambda: unet(z, torch.zeros(1, dtype=torch.long), encoder_hidden_states=cond)
+        )
+    assert meta["unet_forward"] == real > 0
+    with torch.no_grad(), bench.flop_counter() as fc:
+        unet(z, torch.zeros(1, dtype=torch.long), encoder_hidden_states=cond)
+    ops = {str(k) for k in fc.get_flop_counts()["Global"]}
+    assert any("attention" in op or "bmm" in op for op in ops), ops  # attention is counted
+
+
+def test_extrapolation_and_arguments():
+    assert bench.extrapolate(10.0, 2.0, 2, 50) == pytest.approx(10.0 + 48 * 2.0)
+    assert bench.extrapolate(10.0, 2.0, 50, 50) == 10.0
+    args = bench.build_parser().parse_args([])
+    assert (args.backbone, args.resolution, args.batch, args.steps, args.dtype, args.threads) == (
+        "sd15",
+        512,
+        1,
+        50,
+        "fp32",
+        2,
+    )
+    with pytest.raises(SystemExit):
+        bench.main(["--resolution", "100"])
+    with pytest.raises(SystemExit):
+        bench.main(["--steps", "60", "--full-steps", "50"])
+
+
+def test_peak_memory_sees_an_allocation():
+    with bench.PeakMemory(torch.device("cpu")) as mem:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert mem.delta_mb > 40 and mem.peak_mb >= mem.delta_mb

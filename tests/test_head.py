@@ -20,15 +20,6 @@ from diff2in1.heads.spectral import SNConv2d
 IN_CHANNELS = (12, 10, 8, 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not stall when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @dataclass
 class Feats:
     """Stand-in for diff2in1.taps.TapFeatures."""

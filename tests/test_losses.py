@@ -14,15 +14,6 @@ from diff2in1.heads.decoder import indices_to_coords
 from diff2in1.losses import angular_loss, head_loss, l2_loss, ug_angular_nll
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not stall when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def nll(kappa: float, angle: float) -> float:
     return -math.log(kappa**2 + 1) + kappa * angle + math.log(1 + math.exp(-kappa * math.pi))
 

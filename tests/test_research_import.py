@@ -33,15 +33,6 @@ SMALL = {
 }  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and does not stall when the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def layout(part: str) -> dict:
     return json.loads((REFERENCE / f"research_layout_{part}.json").read_text())
 

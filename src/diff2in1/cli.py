@@ -388,6 +388,16 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("bench", "speed and memory of every stage at SD v1.5 scale (same as python -m diff2in1.bench)")
+def _bench(p: argparse.ArgumentParser) -> None:
+    def run(a: argparse.Namespace) -> None:
+        from .bench import main as bench_main
+
+        bench_main(a.rest)
+
+    p.set_defaults(func=run, passthrough=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -400,13 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (help_text, add) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        # `bench` hands all its flags (--help included) to the benchmark's own parser.
+        add(sub.add_parser(name, help=help_text, description=help_text, add_help=name != "bench"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

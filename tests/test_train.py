@@ -127,3 +127,22 @@ def test_shipped_yaml_configs_are_the_defaults():
         assert yaml.safe_load(text) == yaml.safe_load(default_yaml(cls)), name
         path = resources.files("diff2in1.configs") / f"{name}.yaml"
         assert load_config(cls, str(path)) == cls()  # regenerate: python scripts/write_default_configs.py
+
+
+def test_posterior_cache_changes_no_result(scenes_root, tmp_path, tiny_backbone, monkeypatch):
+    calls = []
+    real = tiny_backbone.posterior
+
+    def counting(images):
+        calls.append(images.shape[0])
+        return real(images)
+
+    monkeypatch.setattr(tiny_backbone, "posterior", counting)
+    cached = train_warmup(_cfg(scenes_root, tmp_path / "a", epochs=3), backbone=tiny_backbone)
+    assert sum(calls) == 8  # each training image encoded once over 3 epochs
+    calls.clear()
+    plain = train_warmup(
+        _cfg(scenes_root, tmp_path / "b", epochs=3, posterior_cache=False), backbone=tiny_backbone
+    )
+    assert sum(calls) == 24
+    assert cached.losses == pytest.approx(plain.losses, rel=1e-5)

@@ -187,30 +187,39 @@ class Backbone(nn.Module):
         return eps, self.taps.collect(maps)
 
     @torch.no_grad()
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) of images (B, 3, H, W) in [-1, 1], each (B, 4, H/8, W/8).
+
+        Deterministic per image, so training may cache it and skip the encoder (see `perceive`).
+        """
+        dist = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
+        return dist.mean, dist.std
+
+    @staticmethod
+    def seeded_draws(seeds: list[int], shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """(2, B, *shape) standard normal draws, two per image from its own seed: the image's
+        result then does not depend on its batch or process."""
+        draws = [torch.randn((2, *shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(draws, dim=1).to(like.device, like.dtype)
+
+    @torch.no_grad()
     def perceive(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         generator: torch.Generator | None = None,
         sample_posterior: bool = True,
         seeds: list[int] | None = None,
+        posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TapFeatures:
         """SPEC 2 perception features: encode, noise to t=0, one UNet pass with the empty caption.
 
         Randomness (posterior sample, t=0 noise) comes from `generator`, or, with `seeds`, from
         one seed per image, so an image's features do not depend on how it was batched.
+        A precomputed `posterior` (mean, std) skips the VAE encoder (then `images` may be None).
         """
-        images = images.to(self.device, self.vae.dtype)
-        posterior = self.vae.encode(images).latent_dist
-        mean, std = posterior.mean, posterior.std
-        if seeds is not None:
-            # (2, B, 4, h, w): per image, its posterior draw then its t=0 noise.
-            draws = torch.stack(
-                [
-                    torch.randn((2, *mean.shape[1:]), generator=torch.Generator().manual_seed(int(s)))
-                    for s in seeds
-                ],
-                dim=1,
-            ).to(mean.device, mean.dtype)
+        mean, std = posterior if posterior is not None else self.posterior(images)
+        if seeds is not None:  # per image: its posterior draw, then its t=0 noise
+            draws = self.seeded_draws(seeds, tuple(mean.shape[1:]), mean)
         else:
             draws = torch.randn((2, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
         z = (mean + std * draws[0] if sample_posterior else mean) * self.scaling_factor

@@ -48,12 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-STAGES = ("taps", "warmup_step", "predict", "create_sample", "self_improve_step")
+STAGES = ("taps", "warmup_step", "warmup_step_cached", "predict", "create_sample", "self_improve_step")
 HEAD_STAGES = ("head_warmup_step", "head_predict")
 BASELINE_STAGES = ("warmup_step", "predict", "head_warmup_step", "head_predict")
 LABELS = {
     "taps": "feature taps (VAE enc + UNet)",
     "warmup_step": "warm-up training step",
+    "warmup_step_cached": "  same, VAE posterior cached",
     "predict": "prediction",
     "create_sample": "created sample",
     "self_improve_step": "self-improving step",
@@ -405,10 +406,11 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     from .heads import HeadConfig, NormalHead
     from .losses import head_loss
     from .stages.create import create_batch
+    from .stages.feature_cache import PosteriorCache
     from .stages.loop import mix_seed
     from .stages.predict import NormalPredictor
     from .stages.self_improve import mixed_targets
-    from .stages.warmup import perception_step
+    from .stages.warmup import StepCaches, perception_step
 
     wall0 = time.perf_counter()
     device = resolve_device(args.device)
@@ -501,12 +503,25 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     # (2) warm-up step
     def warm(i: int) -> None:
         head.train()
-        loss = perception_step(backbone, head_call, batch, wcfg, i, autocast)
+        loss = perception_step(backbone, head_call, batch, wcfg, i, autocast, StepCaches())
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     run("warmup_step", warm)
+
+    # (2b) the same with the training default: each image's VAE posterior kept after first use
+    cached = StepCaches(posterior=PosteriorCache())
+    cached.posterior(backbone, images, [int(j) for j in batch["index"]])
+
+    def warm_cached(i: int) -> None:
+        head.train()
+        loss = perception_step(backbone, head_call, batch, wcfg, i, autocast, cached)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    run("warmup_step_cached", warm_cached)
 
     # (3) prediction
     predictor = NormalPredictor(backbone, head, (res, res), seed=0, autocast_dtype=amp)
@@ -630,6 +645,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     stage_flops = {
         "taps": flops["vae_encode"] + flops["unet_forward"],
         "warmup_step": flops["vae_encode"] + flops["unet_forward"] + flops["head_train_fwd_bwd"],
+        "warmup_step_cached": flops["unet_forward"] + flops["head_train_fwd_bwd"],
         "predict": flops["vae_encode"] + flops["unet_forward"] + flops["head_eval"],
         "create_sample": flops["vae_encode"]
         + args.full_steps * flops["unet_forward"]
@@ -668,7 +684,7 @@ def check_equivalence(backbone, head, batch: dict, seed: int = SEED) -> dict[str
     from .bench_baseline import BaselineHead, baseline_predict, baseline_warmup_loss, tap_splits
     from .config import WarmupConfig
     from .stages.predict import NormalPredictor
-    from .stages.warmup import perception_step
+    from .stages.warmup import StepCaches, perception_step
 
     head = copy.deepcopy(head).float()
     head.decoder.sampling_ratio = 1.0
@@ -693,7 +709,7 @@ def check_equivalence(backbone, head, batch: dict, seed: int = SEED) -> dict[str
     nullctx = contextlib.nullcontext
     head.train()
     loss_a, ga = grads_and_buffers(
-        perception_step(backbone, head, batch, WarmupConfig(seed=seed), 3, nullctx)
+        perception_step(backbone, head, batch, WarmupConfig(seed=seed), 3, nullctx, StepCaches())
     )
     head.load_state_dict(state)
     loss_b, gb = grads_and_buffers(baseline_warmup_loss(backbone, bhead, batch, seed, 3))

@@ -35,6 +35,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast of backbone and head)
     grad_accum: int = 1
     sample_posterior: bool = True  # SPEC 1: the research code samples the VAE posterior
+    posterior_cache: bool = True  # keep each image's VAE posterior in memory (same results, no encoder)
     feature_cache: str = "none"  # none | memory | disk: reuse each image's taps across epochs (warm-up)
     skip_bad_samples: bool = False  # leave out unreadable / unpaired samples (listed) instead of failing
     num_workers: int = 2  # data-loading processes (0 = load in the training process)

@@ -74,15 +74,6 @@ class CreateResult:
     seconds: float
 
 
-def _draws(
-    seeds: list[int], shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """(2, B, *shape): per sample, its VAE posterior draw and its forward-noise draw."""
-    return torch.stack(
-        [torch.randn((2, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds], dim=1
-    ).to(device, dtype)
-
-
 @torch.no_grad()
 def create_batch(
     backbone: Backbone,
@@ -97,9 +88,9 @@ def create_batch(
     dev = backbone.device
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-        posterior = backbone.vae.encode(images.to(dev, backbone.vae.dtype)).latent_dist
-        draws = _draws(seeds, tuple(posterior.mean.shape[1:]), dev, posterior.mean.dtype)
-        z = (posterior.mean + posterior.std * draws[0]) * backbone.scaling_factor
+        mean, std = backbone.posterior(images)
+        draws = backbone.seeded_draws(seeds, tuple(mean.shape[1:]), mean)
+        z = (mean + std * draws[0]) * backbone.scaling_factor
         x_t = backbone.q_sample(z, cfg.t_start, draws[1])
         cond = backbone.embed(captions)
         res = backbone.ddim_sample(x_t, cond, cfg.t_start, cfg.steps, cfg.guidance)

@@ -23,8 +23,9 @@ from ..heads import NormalHead
 from ..losses import head_loss
 from ..runs import RunDir
 from .create import create_data
+from .feature_cache import PosteriorCache
 from .loop import LoopResult, make_accelerator, mix_seed, run_training
-from .warmup import build_head
+from .warmup import build_head, make_caches, step_features
 
 
 class Tagged(Dataset):
@@ -85,6 +86,8 @@ def train_self_improve(
     cfg: SelfImproveConfig, resume: bool = False, backbone: Backbone | None = None
 ) -> LoopResult:
     """Run stage 2 into `cfg.out`; final heads in `<out>/creation` and `<out>/exploitation`."""
+    if cfg.feature_cache != "none" and cfg.recreate_every:
+        raise InputError("train-self-improve: --feature-cache cannot be combined with --recreate-every")
     if not cfg.synthetic and not cfg.recreate_every:
         raise InputError("train-self-improve: give --synthetic SYN (or --recreate-every to make it here)")
     on_error = "skip" if cfg.skip_bad_samples else "raise"
@@ -103,15 +106,15 @@ def train_self_improve(
     models = {"creation": creation, "exploitation": exploitation}
     rank = accelerator.process_index
 
+    caches = make_caches(cfg, run)
+
     def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
         images = batch["image"].to(accelerator.device, non_blocking=True)
         size = tuple(images.shape[-2:])
-        seeds = [mix_seed(cfg.seed, step, int(i)) for i in batch["index"]]
-        with torch.no_grad(), accelerator.autocast():
-            feats = backbone.perceive(images, seeds=seeds, sample_posterior=cfg.sample_posterior)
-        feats = feats.to(torch.float32)
+        indices = [int(i) for i in batch["index"]]
+        feats = step_features(backbone, images, indices, cfg, step, accelerator.autocast, caches)
         target, mask = mixed_targets(models["creation"], feats, size, batch)
-        points = [mix_seed(cfg.seed, step, int(i), 1) for i in batch["index"]]
+        points = [mix_seed(cfg.seed, step, i, 1) for i in indices]
         out = models["exploitation"](feats, image_size=size, gt_mask=mask, point_seeds=points)
         return head_loss(out, target, mask, kind=cfg.loss)
 
@@ -145,6 +148,8 @@ def train_self_improve(
         )
         accelerator.wait_for_everyone()
         fresh = [Tagged(d, False) for d in synthetic_dataset([str(out)], cfg.resolution)]
+        if caches.posterior is not None:  # indices now name other synthetic images
+            caches.posterior = PosteriorCache()
         return Indexed(ConcatDataset([original, *fresh]))
 
     dataset = Indexed(ConcatDataset([original, *synthetic]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
@@ -13,7 +14,8 @@ from ..errors import InputError
 from ..heads import HeadConfig, NormalHead
 from ..losses import head_loss
 from ..runs import RunDir
-from .feature_cache import FeatureCache
+from ..taps import TapFeatures
+from .feature_cache import FeatureCache, PosteriorCache
 from .loop import LoopResult, make_accelerator, mix_seed, run_training
 
 
@@ -34,8 +36,48 @@ def build_head(spec: str, backbone: Backbone) -> NormalHead:
     return head
 
 
+@dataclass
+class StepCaches:
+    """Optional per-image caches of a training run (see `feature_cache.py`)."""
+
+    features: FeatureCache | None = None
+    posterior: PosteriorCache | None = None
+
+
+def step_features(
+    backbone: Backbone, images: torch.Tensor, indices: list[int], cfg, step: int, autocast, caches: StepCaches
+) -> TapFeatures:
+    """The taps of a training batch, float32 (B, C, h, w) per group, no gradient."""
+
+    def compute(which: list[int], seeds: list[int]) -> TapFeatures:
+        posterior = None
+        if caches.posterior is not None:
+            posterior = caches.posterior(backbone, images[which], [indices[k] for k in which])
+        with torch.no_grad(), autocast():
+            return backbone.perceive(
+                images[which], seeds=seeds, sample_posterior=cfg.sample_posterior, posterior=posterior
+            )
+
+    if caches.features is None:
+        # An image's noise depends on (seed, step, sample index), not on its batch or process.
+        feats = compute(list(range(len(indices))), [mix_seed(cfg.seed, step, i) for i in indices])
+    else:  # fixed noise per image: drawn from (seed, index) once
+        feats = caches.features.features(
+            indices, lambda m: compute(m, [mix_seed(cfg.seed, indices[k]) for k in m])
+        )
+    return feats.to(backbone.device, torch.float32)
+
+
+def make_caches(cfg, run: RunDir) -> StepCaches:
+    features = None
+    if getattr(cfg, "feature_cache", "none") != "none":
+        # One folder for all processes: each file is written atomically, by index.
+        features = FeatureCache(cfg.feature_cache, run.root / "feature_cache")
+    return StepCaches(features=features, posterior=PosteriorCache() if cfg.posterior_cache else None)
+
+
 def perception_step(
-    backbone: Backbone, head, batch: dict, cfg, step: int, autocast, cache: FeatureCache | None = None
+    backbone: Backbone, head, batch: dict, cfg, step: int, autocast, caches: StepCaches
 ) -> torch.Tensor:
     """Loss of one labelled batch: features (no grad) -> head -> SPEC 4 loss."""
     device = backbone.device
@@ -43,17 +85,7 @@ def perception_step(
     normal = batch["normal"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
     indices = [int(i) for i in batch["index"]]
-
-    def compute(which: list[int], seeds: list[int]):
-        with torch.no_grad(), autocast():
-            return backbone.perceive(images[which], seeds=seeds, sample_posterior=cfg.sample_posterior)
-
-    if cache is None:
-        # An image's noise depends on (seed, step, sample index), not on its batch or process.
-        feats = compute(list(range(len(indices))), [mix_seed(cfg.seed, step, i) for i in indices])
-    else:  # fixed noise per image: drawn from (seed, index) once
-        feats = cache.features(indices, lambda m: compute(m, [mix_seed(cfg.seed, indices[k]) for k in m]))
-    feats = feats.to(device, torch.float32)
+    feats = step_features(backbone, images, indices, cfg, step, autocast, caches)
     points = [mix_seed(cfg.seed, step, i, 1) for i in indices]  # the head's random points
     out = head(feats, image_size=tuple(images.shape[-2:]), gt_mask=mask, point_seeds=points)
     return head_loss(out, normal, mask, kind=cfg.loss)
@@ -74,12 +106,9 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
         run.start(cfg, resume=resume)
     accelerator.wait_for_everyone()
 
-    cache = None
-    if cfg.feature_cache != "none":
-        # One folder for all processes: each file is written atomically, by index.
-        cache = FeatureCache(cfg.feature_cache, run.root / "feature_cache")
+    caches = make_caches(cfg, run)
 
     def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
-        return perception_step(backbone, models["head"], batch, cfg, step, accelerator.autocast, cache)
+        return perception_step(backbone, models["head"], batch, cfg, step, accelerator.autocast, caches)
 
     return run_training(cfg, run, dataset, {"head": head}, "head", step_fn, accelerator, resume=resume)

@@ -49,7 +49,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     """Flags shared by both training stages; unset flags keep the config file's / default value."""
-    p.add_argument("--data", help="dataset root in the SPEC 5 layout (<root>/train/{img,norm,caption})")
+    p.add_argument("--data", help="dataset root: <root>/<split>/{img,norm,caption} (see README)")
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors")
     p.add_argument("--out", help="run folder (config, logs, checkpoints, final head)")
     p.add_argument("--config", help="YAML file of settings (see diff2in1/configs/); flags override it")
@@ -114,7 +114,7 @@ def _require(cfg, names: list[str], command: str) -> None:
         raise InputError(f"{command}: missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
 
 
-@command("train-warmup", "stage 1: train the normal head on labelled data (SPEC 6)")
+@command("train-warmup", "stage 1: train the normal head on labelled data")
 def _train_warmup(p: argparse.ArgumentParser) -> None:
     _train_args(p)
     p.add_argument(
@@ -160,9 +160,12 @@ def _predictor(a: argparse.Namespace):
     )
 
 
-@command("evaluate", "SPEC 9 metrics of a head on a labelled split, with per-image errors and a picture grid")
+@command(
+    "evaluate",
+    "angular-error metrics (mean, median, rmse, % under 11.25/22.5/30 deg), per-image errors, a grid",
+)
 def _evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset root in the SPEC 5 layout")
+    p.add_argument("--data", required=True, help="dataset root (<root>/<split>/{img,norm,caption})")
     p.add_argument("--split", default="test")
     p.add_argument(
         "--out", help="folder for metrics.json, per_image.csv, grid.png (default: <head>/eval_<split>)"
@@ -218,7 +221,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("make-scenes", "render procedural indoor scenes with exact normals, in the SPEC 5 layout")
+@command("make-scenes", "render procedural indoor scenes with exact normals as a dataset")
 def _make_scenes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--train", type=int, default=200, help="number of training scenes")
@@ -236,9 +239,9 @@ def _make_scenes(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("create-data", "make synthetic RGB + normal pairs by partial noising and DDIM (SPEC 7)")
+@command("create-data", "make synthetic RGB + normal pairs by partial noising and DDIM")
 def _create_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="source dataset root (SPEC 5 layout)")
+    p.add_argument("--data", help="source dataset root")
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors")
     p.add_argument("--head", help="head folder giving the synthetic normals (creation parameters)")
     p.add_argument("--out", help="output dataset root")
@@ -291,7 +294,7 @@ def _create_data(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("train-self-improve", "stage 2: self-improving learning on original + synthetic data (SPEC 8)")
+@command("train-self-improve", "stage 2: self-improving learning on original + synthetic data")
 def _train_self_improve(p: argparse.ArgumentParser) -> None:
     _train_args(p)
     p.add_argument("--synthetic", action="append", help="synthetic dataset root (repeatable)")
@@ -322,7 +325,7 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("merge", "write original + synthetic datasets as one SPEC 5 folder (hard links where possible)")
+@command("merge", "write original + synthetic datasets as one dataset folder (hard links where possible)")
 def _merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="original dataset root (all its splits are kept)")
     p.add_argument("--synthetic", action="append", required=True, help="synthetic dataset root (repeatable)")

@@ -9,8 +9,10 @@ What it trains, in order, on 128x128 scenes from `diff2in1.data.scenes.render_sc
 into memory as uint8; scene i of the training set uses seed `scene_seed(seed, "train", i)`, held-out
 scene i uses `scene_seed(seed, "test", i)`, so the two never overlap):
 
-1. VAE (diffusers AutoencoderKL, downsampling 8, 4 latent channels): L1 + image-gradient L1
-   reconstruction + a small KL, on random 64x64 crops (horizontal flips), then a short phase on
+1. VAE (diffusers AutoencoderKL, downsampling 8, 4 latent channels): L1 + image-gradient L1 +
+   chroma L1 (each pixel minus its channel mean: without it the short run reconstructs shapes
+   but washes colours out) + a small KL (1e-5 per latent element), on random 64x64 crops
+   (horizontal flips, bfloat16 autocast), then a short phase on
    whole 128x128 images so the mid-block attention sees full-size latents. Afterwards the std of
    the posterior means over the training scenes is measured and `scaling_factor = 1 / std` is
    written into the VAE config (what SD did to get 0.18215).
@@ -100,7 +102,12 @@ def model_configs(args: argparse.Namespace) -> tuple[dict, dict, dict]:
     vae_c = json.loads((TINY / "vae" / "config.json").read_text())
     unet_c = json.loads((TINY / "unet" / "config.json").read_text())
     text_c = json.loads((TINY / "text_encoder" / "config.json").read_text())
-    vae_c.update(block_out_channels=list(args.vae_channels), sample_size=args.size, norm_num_groups=8)
+    vae_c.update(
+        block_out_channels=list(args.vae_channels),
+        sample_size=args.size,
+        norm_num_groups=args.vae_groups,
+        layers_per_block=args.vae_layers,
+    )
     unet_c.update(
         block_out_channels=list(args.unet_channels),
         cross_attention_dim=args.text_width,
@@ -176,7 +183,9 @@ def train_vae(vae, images: np.ndarray, args: argparse.Namespace, gen: torch.Gene
         )
         # KL per latent element (posterior.kl() sums over C, h, w).
         kl = post.kl().float().mean() / float(post.mean[0].numel())
-        loss = rec + args.grad_weight * grad + args.kl_weight * kl
+        # Chroma: each pixel minus its channel mean. Plain L1 learns luminance long before colour.
+        chroma = (y - y.mean(1, keepdim=True) - (x - x.mean(1, keepdim=True))).abs().mean()
+        loss = rec + args.grad_weight * grad + args.chroma_weight * chroma + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -268,13 +277,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "src/diff2in1/presets/tiny-scenes"))
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-train", type=int, default=4000, help="training scenes rendered into memory")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--n-train", type=int, default=3000, help="training scenes rendered into memory")
     p.add_argument("--n-heldout", type=int, default=64)
     # VAE
     p.add_argument("--vae-channels", type=int, nargs=4, default=(16, 32, 64, 64))
-    p.add_argument("--vae-steps", type=int, default=900, help="steps on random crops")
-    p.add_argument("--vae-full-steps", type=int, default=120, help="then steps on whole images")
+    p.add_argument("--vae-steps", type=int, default=1400, help="steps on random crops")
+    p.add_argument("--vae-full-steps", type=int, default=150, help="then steps on whole images")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--vae-crop", type=int, default=64)
     p.add_argument("--vae-full-batch", type=int, default=8)
@@ -282,12 +291,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-bf16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--kl-weight", type=float, default=1e-5, help="per latent element")
     p.add_argument("--grad-weight", type=float, default=0.5)
+    p.add_argument("--chroma-weight", type=float, default=1.0)
+    p.add_argument("--vae-layers", type=int, default=2, help="VAE layers_per_block")
+    p.add_argument("--vae-groups", type=int, default=8, help="VAE norm_num_groups")
     # UNet + text encoder
     p.add_argument("--unet-channels", type=int, nargs=4, default=(32, 64, 96, 96))
     p.add_argument("--heads", type=int, default=4, help="attention heads (diffusers' attention_head_dim)")
     p.add_argument("--text-width", type=int, default=32)
     p.add_argument("--text-layers", type=int, default=2)
-    p.add_argument("--unet-steps", type=int, default=900)
+    p.add_argument("--unet-steps", type=int, default=1100)
     p.add_argument("--unet-batch", type=int, default=32)
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--caption-dropout", type=float, default=0.1)

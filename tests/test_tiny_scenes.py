@@ -16,7 +16,7 @@ from diff2in1.backbone import load_backbone
 from diff2in1.data.scenes import render_scene, scene_seed
 
 SIZE = 128
-HELDOUT = (0, 1)  # held-out scene indices (seed 0, "test" stream)
+HELDOUT = (0, 1, 2, 3)  # held-out scene indices (seed 0, "test" stream)
 # Thresholds a margin below what the shipped weights measure on these scenes (see the module
 # docstring of scripts/train_tiny_backbone.py for the full-size measurements).
 MIN_VAE_PSNR = 0.0
@@ -37,7 +37,8 @@ def _heldout() -> tuple[torch.Tensor, list[str]]:
 
 @torch.no_grad()
 def measure(bb) -> dict[str, float]:
-    """VAE PSNR, and PSNR vs source of (a) 10-step DDIM from t=600 and (b) x_600 decoded directly."""
+    """Mean over the held-out scenes: VAE PSNR; PSNR vs source of 10-step DDIM from t=600 (`ddim`)
+    and how much higher it is than that of x_600 decoded directly (`gain`)."""
     x, captions = _heldout()
     vae = _psnr(bb.decode(bb.encode(x, sample=False)), x)
     gen = torch.Generator().manual_seed(0)
@@ -46,7 +47,7 @@ def measure(bb) -> dict[str, float]:
     res = bb.ddim_sample(x_t, bb.embed(captions), t_start=600, steps=10, return_features=False)
     ddim = _psnr(bb.decode(res.latents), x)
     noisy = _psnr(bb.decode(x_t), x)
-    return {"vae": vae.min().item(), "ddim": ddim.min().item(), "gain": (ddim - noisy).min().item()}
+    return {"vae": vae.mean().item(), "ddim": ddim.mean().item(), "gain": (ddim - noisy).mean().item()}
 
 
 @pytest.fixture(scope="module")

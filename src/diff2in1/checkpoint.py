@@ -497,6 +497,16 @@ def _check_ldm_keys(sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], pa
         for k, v in sorted(have.items())
         if k in expected and k != pos and tuple(v.shape) != tuple(expected[k].shape)
     ]
+    problems = _mismatches(missing, unexpected, wrong)
+    if problems:
+        raise InputError(
+            f"{path}: does not match the Stable Diffusion v1 architecture of the configs: "
+            + "; ".join(problems)
+        )
+
+
+def _mismatches(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """Counts and first names of what does not fit, one phrase per kind."""
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys ({_names(missing)})")
@@ -504,11 +514,7 @@ def _check_ldm_keys(sd: Mapping[str, Tensor], expected: Mapping[str, Tensor], pa
         problems.append(f"{len(unexpected)} unexpected keys ({_names(unexpected)})")
     if wrong:
         problems.append(f"{len(wrong)} shape mismatches ({_names(wrong, 3)})")
-    if problems:
-        raise InputError(
-            f"{path}: does not match the Stable Diffusion v1 architecture of the configs: "
-            + "; ".join(problems)
-        )
+    return problems
 
 
 def _load_strict(
@@ -523,13 +529,7 @@ def _load_strict(
         for k in sorted(set(want) & set(state))
         if tuple(state[k].shape) != tuple(want[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_names(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_names(unexpected)})")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatches ({_names(wrong, 3)})")
+    problems = _mismatches(missing, unexpected, wrong)
     if problems:
         raise InputError(f"{path}: {what} weights do not fit the model: " + "; ".join(problems))
     cast = {

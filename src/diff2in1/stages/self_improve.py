@@ -122,6 +122,8 @@ def train_self_improve(
         if ema_due(step, cfg.ema_every):
             ema_update(models["creation"], accelerator.unwrap_model(models["exploitation"]), cfg.ema_decay)
 
+    made: dict[str, int] = {}  # which re-created set the caches describe
+
     def before_epoch(epoch: int) -> Dataset:
         """The epoch's data: the given synthetic sets, or the latest set re-created by C."""
         every = cfg.recreate_every
@@ -148,8 +150,9 @@ def train_self_improve(
         )
         accelerator.wait_for_everyone()
         fresh = [Tagged(d, False) for d in synthetic_dataset([str(out)], cfg.resolution)]
-        if caches.posterior is not None:  # indices now name other synthetic images
-            caches.posterior = PosteriorCache()
+        if caches.posterior is not None and made.get("latest") != latest:
+            caches.posterior = PosteriorCache()  # indices now name other synthetic images
+        made["latest"] = latest
         return Indexed(ConcatDataset([original, *fresh]))
 
     dataset = Indexed(ConcatDataset([original, *synthetic]))

@@ -236,3 +236,28 @@ def test_merge_writes_one_dataset(scenes_root, tmp_path, tiny_backbone, head):
         )
         == 2
     )
+
+
+def test_recreate_every_makes_new_sets_with_the_current_creation_head(
+    scenes_root, tmp_path, tiny_backbone, small_head_dir
+):
+    out = tmp_path / "si"
+    cfg = _scfg(
+        scenes_root,
+        "unused",
+        small_head_dir,
+        out,
+        synthetic=[],
+        epochs=2,
+        recreate_every=1,
+        ema_decay=0.5,
+        create={"t_start": 60, "steps": 2, "batch_size": 4},
+    )
+    result = train_self_improve(cfg, backbone=tiny_backbone)
+    assert result.steps == 8  # (8 original + 8 synthetic) / 4 per epoch
+    prints = []
+    for epoch in (0, 1):
+        lines = (out / f"synthetic_epoch_{epoch:04d}" / "manifest.jsonl").read_text().splitlines()
+        assert len(lines) == 8
+        prints.append({json.loads(x)["head_fingerprint"] for x in lines})
+    assert len(prints[0]) == len(prints[1]) == 1 and prints[0] != prints[1]

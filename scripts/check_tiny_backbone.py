@@ -88,8 +88,14 @@ def main(argv: list[str] | None = None) -> dict:
     z = bb.encode(x[:rows], sample=True, generator=gen)
     noise = torch.randn(z.shape, generator=gen)
     x_t = bb.q_sample(z, args.t_start, noise)
-    res = bb.ddim_sample(x_t, bb.embed(captions[:rows]), t_start=args.t_start, steps=args.steps,
-                         guidance=1.0, return_features=False)
+    res = bb.ddim_sample(
+        x_t,
+        bb.embed(captions[:rows]),
+        t_start=args.t_start,
+        steps=args.steps,
+        guidance=1.0,
+        return_features=False,
+    )
     gen_img = bb.decode(res.latents)
     noisy_img = bb.decode(x_t)
     ddim_psnr = psnr(gen_img, x[:rows])
@@ -97,24 +103,36 @@ def main(argv: list[str] | None = None) -> dict:
     other_psnr = psnr(x[:rows].roll(1, dims=0), x[:rows])  # a different scene, as a reference
 
     print(f"backbone {args.backbone}: scaling_factor {bb.scaling_factor:.5f}")
-    print(f"VAE reconstruction PSNR over {args.n} held-out scenes: {vae_psnr.mean():.2f} dB "
-          f"(min {vae_psnr.min():.2f}, max {vae_psnr.max():.2f})")
-    print(f"t={args.t_start} + {args.steps}-step DDIM (caption, guidance 1), PSNR vs source over {rows} "
-          f"scenes: {ddim_psnr.mean():.2f} dB; x_t decoded directly: {noisy_psnr.mean():.2f} dB; "
-          f"another held-out scene: {other_psnr.mean():.2f} dB")
+    print(
+        f"VAE reconstruction PSNR over {args.n} held-out scenes: {vae_psnr.mean():.2f} dB "
+        f"(min {vae_psnr.min():.2f}, max {vae_psnr.max():.2f})"
+    )
+    print(
+        f"t={args.t_start} + {args.steps}-step DDIM (caption, guidance 1), PSNR vs source over {rows} "
+        f"scenes: {ddim_psnr.mean():.2f} dB; x_t decoded directly: {noisy_psnr.mean():.2f} dB; "
+        f"another held-out scene: {other_psnr.mean():.2f} dB"
+    )
     for i in range(rows):
         print(f"  [{i}] ddim {ddim_psnr[i]:.2f} dB  vae {vae_psnr[i]:.2f} dB  {captions[i]}")
 
     grid = np.concatenate(
-        [np.concatenate([a, b, c], axis=1) for a, b, c in
-         zip(images[:rows], to_uint8(recs[:rows]), to_uint8(gen_img), strict=True)],
+        [
+            np.concatenate([a, b, c], axis=1)
+            for a, b, c in zip(images[:rows], to_uint8(recs[:rows]), to_uint8(gen_img), strict=True)
+        ],
         axis=0,
     )
     Image.fromarray(grid).save(args.out)
-    print(f"wrote {args.out} (rows: scenes; columns: original | VAE reconstruction | "
-          f"t={args.t_start} + DDIM) in {time.time() - t0:.0f} s")
-    return {"vae_psnr": vae_psnr.mean().item(), "ddim_psnr": ddim_psnr.mean().item(),
-            "noisy_psnr": noisy_psnr.mean().item(), "other_psnr": other_psnr.mean().item()}
+    print(
+        f"wrote {args.out} (rows: scenes; columns: original | VAE reconstruction | "
+        f"t={args.t_start} + DDIM) in {time.time() - t0:.0f} s"
+    )
+    return {
+        "vae_psnr": vae_psnr.mean().item(),
+        "ddim_psnr": ddim_psnr.mean().item(),
+        "noisy_psnr": noisy_psnr.mean().item(),
+        "other_psnr": other_psnr.mean().item(),
+    }
 
 
 if __name__ == "__main__":

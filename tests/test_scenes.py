@@ -182,3 +182,12 @@ def test_speed_report(capsys):
     rate = n / (time.perf_counter() - t0)
     with capsys.disabled():
         print(f"\n[scenes] {rate:.1f} scenes/s at 128x128")
+
+
+def test_objects_too_large_for_the_room_are_skipped_not_fatal():
+    # Seed 0's train scenes 251 and 1396 once drew objects with no room in front of the camera.
+    from diff2in1.data.scenes import render_scene, scene_seed
+
+    for index in (251, 1396):
+        scene = render_scene(np.random.default_rng(scene_seed(0, "train", index)), 32)
+        assert scene.image.shape == (32, 32, 3)

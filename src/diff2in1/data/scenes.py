@@ -564,9 +564,13 @@ def random_spec(rng: np.random.Generator) -> tuple[SceneSpec, Camera]:
             radius = rng.uniform(0.15, 0.5)
         else:
             radius = rng.uniform(0.1, 0.4)
+        x_lo, x_hi = x0 + radius + 0.05, x1 - radius - 0.05
+        z_lo, z_hi = cam_pos[2] + 1.0 + radius, z1 - radius - 0.05
+        if x_lo >= x_hi or z_lo >= z_hi:  # no room in front of the camera for this object
+            continue
         for _attempt in range(30):  # rejection sampling of a free spot in front of the camera
-            x = rng.uniform(x0 + radius + 0.05, x1 - radius - 0.05)
-            z = rng.uniform(cam_pos[2] + 1.0 + radius, z1 - radius - 0.05)
+            x = rng.uniform(x_lo, x_hi)
+            z = rng.uniform(z_lo, z_hi)
             if all(np.hypot(x - fx, z - fz) > radius + fr + 0.05 for fx, fz, fr in footprints):
                 break
         else:

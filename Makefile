@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/diff2in1 --threads 1 demo --out runs/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

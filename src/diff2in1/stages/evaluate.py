@@ -14,7 +14,7 @@ from ..atomic import save_text
 from ..data import NormalsDataset
 from ..metrics import MetricAccumulator, angular_error_deg
 from ..viz import error_to_rgb, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
-from .predict import NormalPredictor
+from .predict import NormalPredictor, resize_map, resize_normals
 
 METRIC_NAMES = ("mean", "median", "rmse", "a11", "a22", "a30")
 METRIC_LABELS = {
@@ -88,13 +88,8 @@ def evaluate(
         pred = predictor(x, out_size=predictor.resolution, ids=[it["index"] for it in items])
         for it, nrm, kap in zip(items, pred.normal, pred.kappa, strict=True):
             size = tuple(it["normal"].shape[-2:])
-            nrm = torch.nn.functional.interpolate(nrm[None], size=size, mode="bilinear", align_corners=False)[
-                0
-            ]
-            nrm = nrm / (torch.linalg.vector_norm(nrm, dim=0, keepdim=True) + 1e-10)
-            kap = torch.nn.functional.interpolate(kap[None], size=size, mode="bilinear", align_corners=False)[
-                0
-            ]
+            nrm = resize_normals(nrm[None], size)[0]  # SPEC 9: to the ground truth's size, renormalised
+            kap = resize_map(kap[None], size)[0]
             mask = it["mask"][0]
             err = angular_error_deg(nrm.cpu(), it["normal"]).float()  # (H, W) degrees
             valid = err[mask]

@@ -32,10 +32,16 @@ class Prediction:
     kappa: torch.Tensor
 
 
+def resize_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners False) of (B, C, h, w) maps such as kappa; no-op at `size`."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 def resize_normals(normal: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (B, 3, h, w) normals to `size`, renormalised (SPEC 9)."""
-    if tuple(normal.shape[-2:]) != tuple(size):
-        normal = F.interpolate(normal, size=size, mode="bilinear", align_corners=False)
+    normal = resize_map(normal, size)
     return normal / (torch.linalg.vector_norm(normal, dim=1, keepdim=True) + 1e-10)
 
 
@@ -84,9 +90,7 @@ class NormalPredictor:
             feats = self.backbone.perceive(x, seeds=seeds)
         out = self.head(feats.to(torch.float32), image_size=self.resolution)
         normal = resize_normals(out.normal.float(), out_size)
-        kappa = out.kappa.float()
-        if tuple(kappa.shape[-2:]) != tuple(out_size):
-            kappa = F.interpolate(kappa, size=out_size, mode="bilinear", align_corners=False)
+        kappa = resize_map(out.kappa.float(), out_size)
         return Prediction(normal=normal, kappa=kappa)
 
 
@@ -162,7 +166,7 @@ def predict_files(
         pred = predictor(torch.stack([x for x, _ in loaded]), out_size=predictor.resolution, ids=chunk)
         for i, (_, size), n, k in zip(chunk, loaded, pred.normal, pred.kappa, strict=True):
             n = resize_normals(n[None], size)[0].permute(1, 2, 0).cpu().numpy()
-            k = F.interpolate(k[None], size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+            k = resize_map(k[None], size)[0, 0].cpu().numpy()
             write_prediction(out_dir, stems[i], n, k)
         bar.update(len(chunk))
     bar.close()

@@ -17,6 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .alignment import realign_
 from .errors import InputError
 from .taps import FeatureTaps, TapFeatures
 from .tokenizer import clip_tokenizer
@@ -374,5 +375,5 @@ def load_backbone(
         raise InputError(f"{src}: not a diffusers folder or a .ckpt/.safetensors checkpoint")
     bb = Backbone(vae, unet, text, tokenizer, sched, source=src)
     if str(device) != "meta":
-        bb = bb.to(device=device, dtype=dtype)
+        bb = realign_(bb).to(device=device, dtype=dtype)
     return bb

@@ -664,7 +664,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
 
     if args.check:
         log("  equivalence check (baseline vs ours) ...")
-        report["equivalence"] = check_equivalence(backbone, head, batch)
+        report["equivalence"] = check_equivalence(backbone, head, make_batch(max(bsz, 2), res, device))
     report["memory_method"] = m_taps.memory_method
     report["config"]["loadavg_end"] = loadavg()
     report["wall_seconds"] = time.perf_counter() - wall0
@@ -680,7 +680,8 @@ def check_equivalence(backbone, head, batch: dict, seed: int = SEED) -> dict[str
     """Max relative differences, baseline vs ours, with the same parameters and seeds: the prediction
     (normal, kappa) and one warm-up step (loss, every parameter's gradient, the buffers the step
     updates). Refinement samples every pixel here (sampling_ratio 1), so the result does not hinge
-    on the order of near-tied uncertainties, which float rounding may swap."""
+    on the order of near-tied uncertainties, which float rounding may swap. Give it >= 2 images: with
+    one image and a 1x1 coarsest map (64x64 input), batch norm would normalise rounding noise."""
     from .bench_baseline import BaselineHead, baseline_predict, baseline_warmup_loss, tap_splits
     from .config import WarmupConfig
     from .stages.predict import NormalPredictor

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .alignment import realign_
 from .errors import InputError
 
 LDM_UNET_PREFIX = "model.diffusion_model."
@@ -538,6 +539,7 @@ def _load_strict(
     }
     # assign=True adopts the tensors as the parameters: no random-init copy, no second copy.
     model.load_state_dict(cast, strict=True, assign=True)
+    realign_(model)
 
 
 def _empty_models(

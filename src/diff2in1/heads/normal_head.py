@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..alignment import realign_
 from ..errors import InputError
 from .decoder import NormalDecoder
 from .fusion import FeatureFusion, FeatureGroups
@@ -194,7 +195,7 @@ class NormalHead(nn.Module):
         check_state_dict(expected, state, w_path)
         state = {k: v.to(expected[k].dtype) for k, v in state.items()}
         model.load_state_dict(state, strict=True, assign=True)
-        return model.to(device)
+        return realign_(model).to(device)
 
 
 def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], source: str | Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..alignment import realign_
 from ..errors import InputError
 from .normal_head import HeadConfig, NormalHead, check_state_dict, short_list
 
@@ -183,4 +184,4 @@ def load_research_checkpoint(fusion_path: str | Path, decoder_path: str | Path) 
         check_state_dict(part_expected, state, source)
         loaded.update(_cast_like(state, part_expected, source))
     model.load_state_dict(loaded, strict=True, assign=True)
-    return model.eval()
+    return realign_(model).eval()

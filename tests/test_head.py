@@ -141,6 +141,23 @@ def test_point_refinement_matches_dense_refinement():
     assert torch.allclose(dense.flatten(2).gather(2, idx), pts, atol=1e-5)
 
 
+@pytest.mark.parametrize(("in_hw", "out_hw"), [((6, 10), (12, 20)), ((1, 5), (2, 10)), ((7, 3), (9, 4))])
+def test_bilinear_rows_equal_the_upsampled_map_with_gradients(in_hw, out_hw):
+    """The row gathers are the align_corners-True upsampling read at the points, forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, *in_hw, generator=g, requires_grad=True)
+    n = out_hw[0] * out_hw[1]
+    idx = torch.stack([torch.randperm(n, generator=g)[: n // 2] for _ in range(2)])  # (2, N)
+    weights = torch.randn(2, n // 2, 5, generator=g)
+    ours = decoder_mod.bilinear_rows(x, idx, *out_hw)  # (2*N, 5)
+    (grad_ours,) = torch.autograd.grad((ours * weights.reshape(-1, 5)).sum(), x)
+    up = F.interpolate(x, size=out_hw, mode="bilinear", align_corners=True).flatten(2)  # (2, 5, n)
+    ref = up.gather(2, idx[:, None].expand(-1, 5, -1)).transpose(1, 2)  # (2, N, 5)
+    (grad_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+    assert torch.allclose(ours.reshape(2, -1, 5), ref, atol=1e-6)
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-5)
+
+
 def np_sigma(w: np.ndarray, u: np.ndarray, eps: float = 1e-4) -> tuple[float, np.ndarray]:
     w = w.reshape(w.shape[0], -1).astype(np.float64)
     v = u @ w

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import Backbone
-from .heads.decoder import indices_to_coords, norm_normalize, point_sample, sample_point_indices, up2
+from .heads.decoder import indices_to_coords, norm_normalize, sample_point_indices, up2
 from .heads.fusion import FeatureGroups, resize
 from .heads.normal_head import HeadOutput, NormalHead
 from .stages.loop import mix_seed
@@ -59,6 +59,11 @@ def baseline_perceive(backbone: Backbone, images: Tensor, seeds: list[int]) -> T
     with backbone.taps.capture() as maps:
         backbone.unet(z0, t, encoder_hidden_states=cond)
     return backbone.taps.collect(maps)
+
+
+def point_sample(x: Tensor, coords: Tensor) -> Tensor:
+    """Bilinear read (align_corners True) of x (B, C, h, w) at coords (B, N, 2) -> (B, C, N)."""
+    return F.grid_sample(x, coords.unsqueeze(1).to(x.dtype), mode="bilinear", align_corners=True)[:, :, 0]
 
 
 class BaselineHead(nn.Module):

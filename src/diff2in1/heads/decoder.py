@@ -112,9 +112,45 @@ def indices_to_coords(idx: Tensor, height: int, width: int) -> Tensor:
     return torch.stack([x, y], -1)
 
 
-def point_sample(x: Tensor, coords: Tensor) -> Tensor:
-    """Bilinear read (align_corners True) of x (B, C, h, w) at coords (B, N, 2) -> (B, C, N)."""
-    return F.grid_sample(x, coords.unsqueeze(1).to(x.dtype), mode="bilinear", align_corners=True)[:, :, 0]
+def bilinear_rows(x: Tensor, idx: Tensor, out_h: int, out_w: int) -> Tensor:
+    """Bilinear read (align_corners True) of x (B, C, h, w) at the flat pixel indices idx (B, N) of
+    the (out_h, out_w) grid -> rows (B * N, C).
+
+    Equal to `grid_sample` at those pixels, or to indexing `interpolate(x, (out_h, out_w))`, but
+    built from four row gathers of channel-last x: the backward is then four row-wise index-adds
+    instead of grid_sample's scatter, about 10x faster on CPU, and the upsampled map never exists.
+    """
+    b, c, h, w = x.shape
+    oy = torch.div(idx, out_w, rounding_mode="floor")
+    ox = idx - oy * out_w
+    # Source coordinates of output pixels, align_corners True: i * (in - 1) / (out - 1).
+    sy = oy.to(torch.float32) * ((h - 1) / max(out_h - 1, 1))
+    sx = ox.to(torch.float32) * ((w - 1) / max(out_w - 1, 1))
+    y0, x0 = sy.floor().long().clamp(max=h - 1), sx.floor().long().clamp(max=w - 1)
+    y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
+    wy, wx = (sy - y0).to(x.dtype).reshape(-1, 1), (sx - x0).to(x.dtype).reshape(-1, 1)  # (B*N, 1)
+    base = (torch.arange(b, device=x.device) * (h * w)).unsqueeze(1)  # (B, 1)
+    table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (B*h*w, C), one row per pixel
+
+    def rows(yy: Tensor, xx: Tensor) -> Tensor:
+        return table.index_select(0, (base + yy * w + xx).reshape(-1))
+
+    top = rows(y0, x0) * (1 - wx) + rows(y0, x1) * wx
+    bottom = rows(y1, x0) * (1 - wx) + rows(y1, x1) * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def mlp_rows(mlp: nn.Sequential, x: Tensor) -> Tensor:
+    """Run a `refine_mlp` on rows x (M, C_in) -> (M, 4): its 1x1 Conv1d layers as plain matmuls
+    (the same parameters; no (B, C, N) layout round trips)."""
+    for layer in mlp:
+        x = F.linear(x, layer.weight.squeeze(-1), layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
+
+
+def rows_to_maps(rows: Tensor, b: int) -> Tensor:
+    """(B * N, C) rows -> (B, C, N)."""
+    return rows.reshape(b, -1, rows.shape[-1]).transpose(1, 2)
 
 
 @dataclass
@@ -185,7 +221,8 @@ class NormalDecoder(nn.Module):
         """Refine every pixel of the 2x grid: feat (B, C, h, w), prev (B, 4, h, w) -> (B, 4, 2h, 2w)."""
         x = torch.cat([up2(feat), up2(prev)], 1)
         b, c, h, w = x.shape
-        return norm_normalize(mlp(x.reshape(b, c, h * w))).reshape(b, 4, h, w)
+        rows = mlp_rows(mlp, x.permute(0, 2, 3, 1).reshape(b * h * w, c))  # (B*2h*2w, 4)
+        return norm_normalize(rows.reshape(b, h, w, 4).permute(0, 3, 1, 2))
 
     def _refine_points(
         self,
@@ -206,8 +243,9 @@ class NormalDecoder(nn.Module):
             valid = F.interpolate(gt_mask.to(dense.dtype), size=(h, w), mode="nearest")[:, 0] > 0.5
         idx = sample_point_indices(dense[:, 3].detach(), valid, n_points, n_uncertain, generators)  # (B, N)
         coords = indices_to_coords(idx, h, w)
-        # Reading 2x(feat) at a pixel of the 2x grid equals reading feat at the same normalised
-        # coordinate (align_corners True), so the upsampled features are never materialised.
-        pts = norm_normalize(mlp(torch.cat([point_sample(feat, coords), point_sample(prev, coords)], 1)))
+        # Reading 2x(feat) at a pixel of the 2x grid is a bilinear read of feat (align_corners True),
+        # so the upsampled features are never materialised.
+        x = torch.cat([feat, prev.to(feat.dtype)], 1)  # (B, C + 4, h/2, w/2)
+        pts = norm_normalize(rows_to_maps(mlp_rows(mlp, bilinear_rows(x, idx, h, w)), b))  # (B, 4, N)
         dense = dense.reshape(b, 4, h * w).scatter(2, idx.unsqueeze(1).expand(-1, 4, -1), pts.to(dense.dtype))
         return dense.reshape(b, 4, h, w), pts, coords

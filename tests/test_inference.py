@@ -162,3 +162,23 @@ def test_cli_bad_input_gives_one_line(tmp_path, capsys, small_head_dir):
         ]
     )
     assert rc == 2
+
+
+def test_bf16_prediction_stores_the_backbone_in_bf16_and_stays_close(predictor, tiny_folder, small_head_dir):
+    """--mixed-precision bf16: the frozen backbone is cast once (bf16 weights), the head runs under
+    autocast, and the outputs are float32 unit normals close to the fp32 prediction."""
+    bf16 = NormalPredictor.from_paths(
+        str(tiny_folder),
+        str(small_head_dir),
+        device="cpu",
+        resolution=(64, 64),
+        autocast_dtype=torch.bfloat16,
+    )
+    assert bf16.backbone.dtype == torch.bfloat16 and bf16.backbone.vae.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.head.parameters())  # fp32 master weights
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ref, out = predictor(x, ids=[0, 1]), bf16(x, ids=[0, 1])
+    assert out.normal.dtype == out.kappa.dtype == torch.float32
+    assert torch.allclose(out.normal.norm(dim=1), torch.ones(2, 64, 64), atol=1e-5)
+    err = angular_error_deg(out.normal, ref.normal)
+    assert 0 < err.mean() < 5, err.mean()

@@ -164,3 +164,21 @@ def test_posterior_cache_changes_no_result(scenes_root, tmp_path, tiny_backbone,
     # Adam amplifies tiny gradient differences); a real change would differ at the first step.
     assert cached.losses[0] == pytest.approx(plain.losses[0], rel=1e-5)
     assert cached.losses == pytest.approx(plain.losses, rel=2e-3)
+
+
+def test_bf16_mixed_precision_trains_on_a_bf16_backbone(scenes_root, tmp_path, monkeypatch):
+    """--mixed-precision bf16 loads the frozen backbone in bf16; the head keeps fp32 weights and learns."""
+    import diff2in1.stages.warmup as warmup_mod
+
+    loaded = []
+    real_load = warmup_mod.load_backbone
+    monkeypatch.setattr(
+        warmup_mod, "load_backbone", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1]
+    )
+    out = tmp_path / "run"
+    result = train_warmup(_cfg(scenes_root, out, epochs=4, lr=1e-3, mixed_precision="bf16"))
+    assert loaded[0].dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    assert sum(result.losses[-2:]) < sum(result.losses[:2]), result.losses
+    saved = load_file(out / "head" / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())

@@ -1,3 +1,12 @@
 """diff2in1: one Stable Diffusion model for dense perception and multi-modal data generation."""
 
+import os
+
+# Large CPU tensors on transparent huge pages: a 512x512 training step allocates several GB of
+# short-lived buffers, and with 4 KB pages it spends 1-2 s in page faults (1-2 million per step).
+# torch reads this once, at its first allocation, so it only takes effect when diff2in1 is imported
+# before torch (always so for the `diff2in1` command and `python -m diff2in1.bench`). An explicit
+# setting, e.g. THP_MEM_ALLOC_ENABLE=0, wins.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 __version__ = "0.1.0"

@@ -333,6 +333,16 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple:
     return vae, unet, text, tokenizer, sched
 
 
+def weights_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype to store the frozen backbone in for a run's `mixed_precision` (no | bf16 | fp16).
+
+    The backbone never trains, so under mixed precision its weights are simply cast once: autocast
+    would re-cast every weight on every call (frozen weights are not in its cache), about 7% of a
+    bf16 UNet pass on CPU, and hold both copies in memory.
+    """
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
 def load_backbone(
     source: str | Path,
     device: str | torch.device = "cpu",

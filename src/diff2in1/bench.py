@@ -452,7 +452,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         peaks["bf16"] = matmul_flops_per_s(torch.bfloat16, device)
 
     t0 = time.perf_counter()
-    backbone = load_backbone(args.backbone, device=device, seed=0)
+    # Under bf16 the frozen backbone is stored in bf16, as the stages do (`weights_dtype`).
+    backbone = load_backbone(args.backbone, device=device, seed=0, dtype=amp or torch.float32)
     torch.manual_seed(0)
     in_ch = tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
     cfg = (
@@ -587,20 +588,24 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         opt.zero_grad(set_to_none=True)
 
     def head_pred(i: int) -> None:
-        with torch.no_grad():  # as NormalPredictor: the head runs in fp32
-            head.eval()(feats, image_size=size)
+        with torch.no_grad():  # as NormalPredictor
+            head_call.eval()(feats, image_size=size)
 
     run("head_warmup_step", head_warm)
     run("head_predict", head_pred)
 
     # baseline (research choices, fp32), same parameters
     baseline: dict[str, dict] = {}
+    # The baseline is fp32 throughout: under bf16 it gets its own fp32 copy of the same weights.
+    fp32_backbone = backbone if amp is None else None
+    if amp is not None and (args.baseline or args.check):
+        fp32_backbone = load_backbone(args.backbone, device=device, seed=0)
     if args.baseline:
-        bhead = BaselineHead(head, tap_splits(backbone))
+        bhead = BaselineHead(head, tap_splits(fp32_backbone))
         b_opt = torch.optim.Adam(head.parameters(), lr=wcfg.lr)
 
         def b_warm(i: int) -> None:
-            baseline_warmup_loss(backbone, bhead, batch, SEED, i).backward()
+            baseline_warmup_loss(fp32_backbone, bhead, batch, SEED, i).backward()
             b_opt.step()
             b_opt.zero_grad(set_to_none=True)
 
@@ -616,7 +621,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
 
         for name, fn in (
             ("warmup_step", b_warm),
-            ("predict", lambda i: baseline_predict(backbone, bhead, images)),
+            ("predict", lambda i: baseline_predict(fp32_backbone, bhead, images)),
             ("head_warmup_step", b_head_warm),
             ("head_predict", b_head_pred),
         ):
@@ -664,7 +669,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
 
     if args.check:
         log("  equivalence check (baseline vs ours) ...")
-        report["equivalence"] = check_equivalence(backbone, head, make_batch(max(bsz, 2), res, device))
+        report["equivalence"] = check_equivalence(fp32_backbone, head, make_batch(max(bsz, 2), res, device))
     report["memory_method"] = m_taps.memory_method
     report["config"]["loadavg_end"] = loadavg()
     report["wall_seconds"] = time.perf_counter() - wall0

@@ -17,8 +17,8 @@ MIN_KAPPA = 0.01
 
 
 def norm_normalize(out: Tensor) -> Tensor:
-    """(B, 4, ...) raw -> [xyz / (||xyz|| + 1e-10), elu(k) + 1 + 0.01]."""
-    xyz, k = out[:, :3], out[:, 3:]
+    """(B, 4, ...) raw -> [xyz / (||xyz|| + 1e-10), elu(k) + 1 + 0.01], float32 (also under autocast)."""
+    xyz, k = out[:, :3].float(), out[:, 3:].float()
     norm = torch.sqrt((xyz * xyz).sum(1, keepdim=True)) + 1e-10
     return torch.cat([xyz / norm, F.elu(k) + 1.0 + MIN_KAPPA], 1)
 

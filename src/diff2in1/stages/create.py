@@ -210,7 +210,7 @@ def run_create(cfg: CreateConfig) -> CreateResult:
     """
     from accelerate import PartialState
 
-    from ..backbone import load_backbone
+    from ..backbone import load_backbone, weights_dtype
     from ..info import best_device
 
     NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False)  # fail before loading models
@@ -218,7 +218,7 @@ def run_create(cfg: CreateConfig) -> CreateResult:
     device = state.device if cfg.device == "auto" else torch.device(cfg.device)
     if cfg.device == "auto" and state.num_processes == 1:
         device = torch.device(best_device())
-    backbone = load_backbone(cfg.backbone, device=device)
+    backbone = load_backbone(cfg.backbone, device=device, dtype=weights_dtype(cfg.mixed_precision))
     head = NormalHead.from_pretrained(cfg.head).to(device)
     result = create_data(cfg, backbone, head, rank=state.process_index, world=state.num_processes)
     state.wait_for_everyone()

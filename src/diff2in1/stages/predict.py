@@ -70,7 +70,8 @@ class NormalPredictor:
         from ..distributed import init_from_launcher
 
         dev = init_from_launcher(device)
-        return cls(load_backbone(backbone, device=dev), NormalHead.from_pretrained(head), **kw)
+        dtype = kw.get("autocast_dtype") or torch.float32  # the frozen backbone is simply cast
+        return cls(load_backbone(backbone, device=dev, dtype=dtype), NormalHead.from_pretrained(head), **kw)
 
     @torch.no_grad()
     def __call__(
@@ -88,7 +89,7 @@ class NormalPredictor:
         dev = self.backbone.device.type
         with torch.autocast(dev, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             feats = self.backbone.perceive(x, seeds=seeds)
-        out = self.head(feats.to(torch.float32), image_size=self.resolution)
+            out = self.head(feats.to(torch.float32), image_size=self.resolution)
         normal = resize_normals(out.normal.float(), out_size)
         kappa = resize_map(out.kappa.float(), out_size)
         return Prediction(normal=normal, kappa=kappa)

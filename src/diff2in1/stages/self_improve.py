@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..backbone import Backbone, load_backbone
+from ..backbone import Backbone, load_backbone, weights_dtype
 from ..config import CreateConfig, SelfImproveConfig
 from ..data import NormalsDataset
 from ..errors import InputError
@@ -96,7 +96,9 @@ def train_self_improve(
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
     accelerator = make_accelerator(cfg)
-    backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
+    backbone = backbone or load_backbone(
+        cfg.backbone, device=accelerator.device, dtype=weights_dtype(cfg.mixed_precision)
+    )
     backbone.to(accelerator.device)
     exploitation = build_head(cfg.init, backbone).to(accelerator.device)
     if accelerator.is_main_process:  # one writer; the others wait until the folder is ready

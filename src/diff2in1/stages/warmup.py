@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backbone import Backbone, load_backbone
+from ..backbone import Backbone, load_backbone, weights_dtype
 from ..config import WarmupConfig
 from ..data import NormalsDataset
 from ..errors import InputError
@@ -98,7 +98,9 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
     accelerator = make_accelerator(cfg)
-    backbone = backbone or load_backbone(cfg.backbone, device=accelerator.device)
+    backbone = backbone or load_backbone(
+        cfg.backbone, device=accelerator.device, dtype=weights_dtype(cfg.mixed_precision)
+    )
     backbone.to(accelerator.device)
     torch.manual_seed(cfg.seed)  # the same initial head on every process and every resume
     head = build_head(cfg.head, backbone).to(accelerator.device)

@@ -81,8 +81,14 @@ class LoopResult:
 
 
 def make_accelerator(cfg: TrainConfig):
+    """An Accelerator with this run's precision and accumulation. accelerate keeps one precision per
+    process; runs in one process (the demo, API users) may differ, so its per-run part is reset
+    first. The distributed part (process group, ranks) is kept."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
     cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     return Accelerator(
         cpu=cpu, mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum

@@ -13,6 +13,9 @@ and, on precomputed features, the head alone (head_warmup_step, head_predict).
 Baseline column: `diff2in1.bench_baseline`, a straightforward fp32 implementation of SPEC 2-4 with
 the research code's choices, sharing the head's parameters; measured in the same run for the
 warm-up step and prediction (end to end and head only), reported as speed-up = baseline / ours.
+With `--dtype bf16` ours runs as the stages do under `--mixed-precision bf16` (backbone stored in
+bf16, head under autocast with fp32 weights); the baseline stays fp32, on its own fp32 copy of the
+same weights.
 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` on one forward of a meta-device copy of each
 module (FLOPs depend only on shapes; the copy costs no time and no memory). torch's counter has

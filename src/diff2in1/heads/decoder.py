@@ -128,7 +128,8 @@ def bilinear_rows(x: Tensor, idx: Tensor, out_h: int, out_w: int) -> Tensor:
     sx = ox.to(torch.float32) * ((w - 1) / max(out_w - 1, 1))
     y0, x0 = sy.floor().long().clamp(max=h - 1), sx.floor().long().clamp(max=w - 1)
     y1, x1 = (y0 + 1).clamp(max=h - 1), (x0 + 1).clamp(max=w - 1)
-    wy, wx = (sy - y0).to(x.dtype).reshape(-1, 1), (sx - x0).to(x.dtype).reshape(-1, 1)  # (B*N, 1)
+    # float32 weights: under bf16 autocast the sums are then taken in float32 (as grid_sample's are).
+    wy, wx = (sy - y0).reshape(-1, 1), (sx - x0).reshape(-1, 1)  # (B*N, 1)
     base = (torch.arange(b, device=x.device) * (h * w)).unsqueeze(1)  # (B, 1)
     table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)  # (B*h*w, C), one row per pixel
 

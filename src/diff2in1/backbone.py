@@ -333,6 +333,11 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple:
     return vae, unet, text, tokenizer, sched
 
 
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of a run's `mixed_precision` (no | bf16 | fp16); None for "no"."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+
 def weights_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype to store the frozen backbone in for a run's `mixed_precision` (no | bf16 | fp16).
 
@@ -340,7 +345,7 @@ def weights_dtype(mixed_precision: str) -> torch.dtype:
     would re-cast every weight on every call (frozen weights are not in its cache), about 7% of a
     bf16 UNet pass on CPU, and hold both copies in memory.
     """
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+    return autocast_dtype(mixed_precision) or torch.float32
 
 
 def load_backbone(
@@ -385,5 +390,5 @@ def load_backbone(
         raise InputError(f"{src}: not a diffusers folder or a .ckpt/.safetensors checkpoint")
     bb = Backbone(vae, unet, text, tokenizer, sched, source=src)
     if str(device) != "meta":
-        bb = realign_(bb).to(device=device, dtype=dtype)
+        bb = realign_(bb.to(device=device, dtype=dtype))  # after the cast: a cast already copies
     return bb

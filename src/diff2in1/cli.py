@@ -150,11 +150,10 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predictor(a: argparse.Namespace):
-    import torch
-
+    from .backbone import autocast_dtype
     from .stages.predict import NormalPredictor
 
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.mixed_precision)
+    amp = autocast_dtype(a.mixed_precision)
     return NormalPredictor.from_paths(
         a.backbone, a.head, device=a.device, resolution=a.resolution, seed=a.seed, autocast_dtype=amp
     )

@@ -195,7 +195,7 @@ class NormalHead(nn.Module):
         check_state_dict(expected, state, w_path)
         state = {k: v.to(expected[k].dtype) for k, v in state.items()}
         model.load_state_dict(state, strict=True, assign=True)
-        return realign_(model).to(device)
+        return realign_(model.to(device))  # after the move: a move already copies
 
 
 def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], source: str | Path) -> None:

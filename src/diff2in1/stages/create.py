@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..atomic import save_text
-from ..backbone import Backbone
+from ..backbone import Backbone, autocast_dtype, load_backbone, weights_dtype
 from ..config import CreateConfig
 from ..data import NormalsDataset, write_sample
 from ..errors import InputError
@@ -86,7 +86,7 @@ def create_batch(
     """One batch of SPEC 7. images (B, 3, H, W) in [-1, 1] -> dict of rgb (B, 3, H, W) in
     [-1, 1], normal (B, 3, H, W), kappa (B, 1, H, W)."""
     dev = backbone.device
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision)
+    amp = autocast_dtype(cfg.mixed_precision)
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
         mean, std = backbone.posterior(images)
         draws = backbone.seeded_draws(seeds, tuple(mean.shape[1:]), mean)
@@ -210,7 +210,6 @@ def run_create(cfg: CreateConfig) -> CreateResult:
     """
     from accelerate import PartialState
 
-    from ..backbone import load_backbone, weights_dtype
     from ..info import best_device
 
     NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False)  # fail before loading models

@@ -48,5 +48,5 @@ def small_head_dir(tmp_path_factory, tiny_backbone):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("head") / "head"
-    build_head("small", tiny_backbone).save_pretrained(out)
+    build_head("small", tiny_backbone, 64).save_pretrained(out)
     return out

@@ -33,6 +33,6 @@ def test_head_and_backbone_load_aligned(tmp_path, tiny_backbone, tiny_folder):
     from diff2in1.heads import HeadConfig, NormalHead
 
     in_ch = tuple(tiny_backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
-    NormalHead(HeadConfig.small(in_ch, width=8)).save_pretrained(tmp_path / "head")
+    NormalHead.from_head_config(HeadConfig.small(in_ch, width=8)).save_pretrained(tmp_path / "head")
     assert _misaligned(NormalHead.from_pretrained(tmp_path / "head")) == []
     assert _misaligned(load_backbone(tiny_folder)) == []

@@ -61,7 +61,9 @@ def dense_head(tmp_path_factory, tiny_backbone):
     cfg = HeadConfig.small(tuple(ch[g] for g in ("low", "mid", "high", "highest")))
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("dense") / "head"
-    NormalHead(dataclasses.replace(cfg, sampling_ratio=1.0, importance_ratio=0.0)).save_pretrained(out)
+    NormalHead.from_head_config(
+        dataclasses.replace(cfg, sampling_ratio=1.0, importance_ratio=0.0)
+    ).save_pretrained(out)
     return out
 
 
@@ -95,7 +97,7 @@ def _losses(run):
 
 def _relative_gap(a_dir, b_dir, init_dir) -> float:
     """||a - b|| / ||a - init|| over the float tensors of two trained heads."""
-    a, b, i = (load_file(d / "model.safetensors") for d in (a_dir, b_dir, init_dir))
+    a, b, i = (load_file(d / "diffusion_pytorch_model.safetensors") for d in (a_dir, b_dir, init_dir))
     keys = [k for k in a if a[k].is_floating_point()]
     diff = torch.cat([(a[k] - b[k]).flatten() for k in keys]).norm()
     moved = torch.cat([(a[k] - i[k]).flatten() for k in keys]).norm()

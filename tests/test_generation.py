@@ -188,14 +188,14 @@ def _scfg(root, syn, init, out, **kw) -> SelfImproveConfig:
 def test_self_improve_creation_moves_only_by_ema(scenes_root, tmp_path, tiny_backbone, head, small_head_dir):
     syn = tmp_path / "syn"
     create_data(_ccfg(scenes_root, syn), tiny_backbone, head)
-    init = load_file(small_head_dir / "model.safetensors")
+    init = load_file(small_head_dir / "diffusion_pytorch_model.safetensors")
     # decay 1: the creation head never changes (no gradient reaches it) while exploitation trains.
     r = train_self_improve(
         _scfg(scenes_root, syn, small_head_dir, tmp_path / "frozen", ema_decay=1.0), backbone=tiny_backbone
     )
     assert r.steps == 4
-    c = load_file(tmp_path / "frozen" / "creation" / "model.safetensors")
-    e = load_file(tmp_path / "frozen" / "exploitation" / "model.safetensors")
+    c = load_file(tmp_path / "frozen" / "creation" / "diffusion_pytorch_model.safetensors")
+    e = load_file(tmp_path / "frozen" / "exploitation" / "diffusion_pytorch_model.safetensors")
     floats = [k for k in init if init[k].is_floating_point()]  # (BN step counters are copied)
     assert all(torch.equal(c[k], init[k]) for k in floats)
     assert any(not torch.equal(e[k], init[k]) for k in floats)
@@ -203,8 +203,8 @@ def test_self_improve_creation_moves_only_by_ema(scenes_root, tmp_path, tiny_bac
     train_self_improve(
         _scfg(scenes_root, syn, small_head_dir, tmp_path / "copy", ema_decay=0.0), backbone=tiny_backbone
     )
-    c = load_file(tmp_path / "copy" / "creation" / "model.safetensors")
-    e = load_file(tmp_path / "copy" / "exploitation" / "model.safetensors")
+    c = load_file(tmp_path / "copy" / "creation" / "diffusion_pytorch_model.safetensors")
+    e = load_file(tmp_path / "copy" / "exploitation" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(c[k], e[k]) for k in e)
 
 

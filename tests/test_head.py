@@ -43,7 +43,7 @@ def square(latent: tuple[int, int]) -> list[tuple[int, int]]:
 
 def tiny_head(seed: int = 0) -> NormalHead:
     torch.manual_seed(seed)
-    return NormalHead(HeadConfig.small(IN_CHANNELS, width=8))
+    return NormalHead.from_head_config(HeadConfig.small(IN_CHANNELS, width=8))
 
 
 @pytest.mark.parametrize(
@@ -250,7 +250,7 @@ def test_save_and_load_round_trip(tmp_path):
         before = head(feats)
     head.save_pretrained(tmp_path / "head")
     loaded = NormalHead.from_pretrained(tmp_path / "head").eval()
-    assert loaded.config == head.config
+    assert loaded.widths == head.widths
     assert all(p.requires_grad for p in loaded.parameters())
     for k, v in head.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
@@ -264,7 +264,7 @@ def test_from_pretrained_errors(tmp_path):
     with pytest.raises(InputError, match="config.json"):
         NormalHead.from_pretrained(folder)
     tiny_head().save_pretrained(folder)
-    weights = folder / "model.safetensors"
+    weights = folder / "diffusion_pytorch_model.safetensors"
     state = load_file(str(weights))
     state.pop("fusion.mid_block.conv1.u0")
     save_file(state, str(weights))
@@ -304,8 +304,9 @@ def test_fusion_wiring_follows_spec():
         f2 = fus.high_block(torch.cat([rs(f3, h), h], 1))
         g = fus.highest_block(torch.cat([f2, fus.highest_proj(feats.highest)], 1))
         g0 = torch.relu(fus.bn0(g))
-        f1 = fus.bn1(fus.up1(g0))
-        f0 = fus.bn2(fus.up2(torch.cat([torch.relu(f1), rs(g0, f1)], 1)))
+        # f1 is activated: the research code's in-place ReLU overwrites its "before_relu" output
+        f1 = torch.relu(fus.bn1(fus.up1(g0)))
+        f0 = fus.bn2(fus.up2(torch.cat([f1, rs(g0, f1)], 1)))
         got = fus(feats)
     sizes = [(2, 4), (4, 8), (8, 16), (16, 32), (32, 64)]
     for name, a, b, size in zip(
@@ -313,6 +314,8 @@ def test_fusion_wiring_follows_spec():
     ):
         assert a.shape[-2:] == size, name
         assert torch.allclose(a, b, atol=1e-5), name
+    assert bool((got[3] >= 0).all()) and bool((got[3] == 0).any())  # f1 after its ReLU
+    assert bool((got[4] < 0).any())  # f0 before any ReLU
 
 
 def test_decoder_eval_wiring_follows_spec():

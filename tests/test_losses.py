@@ -98,7 +98,7 @@ def test_head_loss_sums_coarse_and_point_terms():
 def test_training_step_reduces_loss():
     torch.manual_seed(0)
     cin = (12, 10, 8, 6)
-    head = NormalHead(HeadConfig.small(cin, width=8)).train()
+    head = NormalHead.from_head_config(HeadConfig.small(cin, width=8)).train()
     feats = SimpleNamespace(
         low=torch.randn(2, cin[0], 1, 1),
         mid=torch.randn(2, cin[1], 2, 2),

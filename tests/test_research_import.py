@@ -69,7 +69,7 @@ def test_reference_head_matches_recorded_layout_on_meta():
     unused = {e["key"] for e in fusion["keys"] if e["key"].startswith(FUSION_UNUSED_PREFIXES)}
     assert unused == set(fusion["unused_param_keys"])
     with torch.device("meta"):
-        head = NormalHead(HeadConfig.reference())
+        head = NormalHead.from_head_config(HeadConfig.reference())
     ours = head.state_dict()
     param_names = {n for n, _ in head.named_parameters()}
     research: dict[str, tuple] = {}
@@ -100,7 +100,7 @@ def test_import_small_layout_exactly(tmp_path):
     fusion, decoder = synthetic_state("fusion"), synthetic_state("decoder", seed=1)
     head = load_research_checkpoint(*save_pair(tmp_path, fusion, decoder))
     assert not head.training
-    c = head.config
+    c = head.widths
     assert c.in_channels == (24, 20, 16, 12)
     assert (c.f4, c.f3, c.f2, c.g, c.f1, c.f0) == (32, 16, 8, 8, 8, 8)
     assert c.decoder_widths == (32, 32, 16, 16, 16) and c.refine_hidden == 16
@@ -128,7 +128,7 @@ def test_import_full_size_layout(tmp_path):
     """The recorded shapes and dtypes as they are (about 400 MB of random tensors, a few seconds)."""
     fusion, decoder = synthetic_state("fusion", small=False), synthetic_state("decoder", small=False, seed=1)
     head = load_research_checkpoint(*save_pair(tmp_path, fusion, decoder))
-    assert head.config == HeadConfig.reference()
+    assert head.widths == HeadConfig.reference()
     got = head.state_dict()
     n_used = 0
     for state, key_map, drop in (

@@ -47,7 +47,7 @@ def measure(bb) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     z = bb.encode(x, sample=True, generator=gen)
     x_t = bb.q_sample(z, 600, torch.randn(z.shape, generator=gen))
-    res = bb.ddim_sample(x_t, bb.embed(captions), t_start=600, steps=10, return_features=False)
+    res = bb.ddim_sample(x_t, bb.embed(captions), t_start=600, steps=12, return_features=False)
     ddim = _psnr(bb.decode(res.latents), x)
     noisy = _psnr(bb.decode(x_t), x)
     return {"vae": vae.mean().item(), "ddim": ddim.mean().item(), "gain": (ddim - noisy).mean().item()}

@@ -40,7 +40,7 @@ def test_warmup_loss_falls_and_run_folder_is_complete(scenes_root, tmp_path, tin
     assert saved["lr"] == 1e-3 and saved["batch_size"] == 4 and saved["seed"] == 42
     rows = list(csv.DictReader((out / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == list(range(1, 13))
-    assert (out / "checkpoints" / "epoch_0003" / "head" / "model.safetensors").exists()
+    assert (out / "checkpoints" / "epoch_0003" / "head" / "diffusion_pytorch_model.safetensors").exists()
     assert (out / "head" / "config.json").exists()
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(InputError, match="already holds a run"):
@@ -54,8 +54,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(scenes_root, tmp_pat
     assert part.steps == 3
     rest = train_warmup(_cfg(scenes_root, tmp_path / "cut", epochs=2), resume=True, backbone=tiny_backbone)
     assert rest.steps == 4
-    a = load_file(tmp_path / "full" / "head" / "model.safetensors")
-    b = load_file(tmp_path / "cut" / "head" / "model.safetensors")
+    a = load_file(tmp_path / "full" / "head" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "cut" / "head" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -139,9 +139,9 @@ def test_posterior_cache_changes_no_result(scenes_root, tmp_path, tiny_backbone,
     ch = tiny_backbone.tap_channels
     cfg = HeadConfig.small(tuple(ch[g] for g in ("low", "mid", "high", "highest")))
     torch.manual_seed(0)
-    NormalHead(dataclasses.replace(cfg, sampling_ratio=1.0, importance_ratio=0.0)).save_pretrained(
-        tmp_path / "h"
-    )
+    NormalHead.from_head_config(
+        dataclasses.replace(cfg, sampling_ratio=1.0, importance_ratio=0.0)
+    ).save_pretrained(tmp_path / "h")
     calls = []
     real = tiny_backbone.posterior
 
@@ -180,5 +180,5 @@ def test_bf16_mixed_precision_trains_on_a_bf16_backbone(scenes_root, tmp_path, m
     assert loaded[0].dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert sum(result.losses[-2:]) < sum(result.losses[:2]), result.losses
-    saved = load_file(out / "head" / "model.safetensors")
+    saved = load_file(out / "head" / "diffusion_pytorch_model.safetensors")
     assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -49,6 +50,66 @@ def ddim_timesteps(t_start: int = 600, steps: int = 50) -> list[int]:
     return [i * stride + 1 for i in range(steps)][::-1]
 
 
+def ddim_inference_steps(num_train_timesteps: int, t_start: int, steps: int) -> int:
+    """The `num_inference_steps` for which diffusers' DDIMScheduler steps by our stride t_start // steps.
+
+    Its step goes from t to t - T // num_inference_steps; some strides have no such count (e.g. 60
+    for T = 1000), and those are refused rather than stepped differently.
+    """
+    stride = t_start // steps
+    n = num_train_timesteps // stride
+    if n < 1 or num_train_timesteps // n != stride:
+        ok = [s for s in range(1, t_start + 1) if _stride_ok(num_train_timesteps, t_start // s)]
+        near = sorted(ok, key=lambda s: abs(s - steps))[:4]
+        raise InputError(
+            f"{steps} DDIM steps below t={t_start} (stride {stride}) cannot be stepped by the DDIM "
+            f"scheduler of {num_train_timesteps} timesteps; nearby step counts that can: "
+            + ", ".join(map(str, sorted(near)))
+        )
+    return n
+
+
+def _stride_ok(num_train_timesteps: int, stride: int) -> bool:
+    n = num_train_timesteps // stride if stride else 0
+    return n >= 1 and num_train_timesteps // n == stride
+
+
+def method_scheduler(scheduler: DDIMScheduler | dict | None, source: str = "") -> DDIMScheduler:
+    """diffusers' DDIMScheduler set as the method needs it (docs/method.md section 7).
+
+    Any scheduler or config of the scaled-linear SD schedule is accepted; the sampling settings the
+    method fixes are imposed: eta-0 DDIM, epsilon prediction, no clipping or thresholding, offset 1,
+    and alpha_bar_0 after the last step (set_alpha_to_one=False).
+    """
+    cfg = (
+        dict(scheduler.config)
+        if scheduler is not None and hasattr(scheduler, "config")
+        else dict(scheduler or {})
+    )
+    if cfg.get("beta_schedule", "scaled_linear") != "scaled_linear":
+        raise InputError(f"{source}: only the scaled_linear noise schedule is supported")
+    if cfg.get("prediction_type", "epsilon") != "epsilon":
+        raise InputError(f"{source}: the UNet must predict noise (prediction_type epsilon)")
+    fixed = dict(
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        thresholding=False,
+        timestep_spacing="leading",
+        rescale_betas_zero_snr=False,
+        prediction_type="epsilon",
+    )
+    if isinstance(scheduler, DDIMScheduler) and all(cfg.get(k) == v for k, v in fixed.items()):
+        return scheduler  # already the method's: share it
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    cfg.update(fixed)
+    try:
+        return DDIMScheduler.from_config(cfg)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{source}: bad scheduler config ({' '.join(str(e).split())})") from None
+
+
 @dataclass
 class DDIMResult:
     """Output of `Backbone.ddim_sample`.
@@ -72,24 +133,24 @@ class Backbone(nn.Module):
         unet: UNet2DConditionModel,
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
-        scheduler_config: dict | None = None,
+        scheduler: DDIMScheduler | dict | None = None,
         source: str = "",
     ) -> None:
         super().__init__()
         self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
-        sc = scheduler_config or {}
-        if sc.get("beta_schedule", "scaled_linear") != "scaled_linear":
-            raise InputError(f"{source}: only the scaled_linear noise schedule is supported")
-        self.beta_range = (float(sc.get("beta_start", 0.00085)), float(sc.get("beta_end", 0.012)))
-        acp = scaled_linear_alphas_cumprod(*self.beta_range, int(sc.get("num_train_timesteps", 1000)))
+        self.scheduler = method_scheduler(scheduler, source)
         # Kept outside the module's buffers so a dtype cast (bf16) never rounds the schedule.
-        self._alphas_cumprod = acp.float()
+        self._alphas_cumprod = self.scheduler.alphas_cumprod.float()
         self.scaling_factor = float(vae.config.get("scaling_factor", 0.18215) or 0.18215)
         self.source = source
         self.requires_grad_(False)
         self.eval()
         self.taps = FeatureTaps(unet)
         self._empty: dict[tuple, torch.Tensor] = {}
+
+    @property
+    def beta_range(self) -> tuple[float, float]:
+        return float(self.scheduler.config.beta_start), float(self.scheduler.config.beta_end)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -239,17 +300,23 @@ class Backbone(nn.Module):
         uncond: torch.Tensor | None = None,
         return_features: bool = True,
         progress: bool = False,
+        callback: Callable[[int, int], None] | None = None,
     ) -> DDIMResult:
         """Deterministic DDIM (eta 0) from a latent noised to `t_start` (SPEC 7).
 
         `latents` (B, 4, h, w) is x_{t_start} (see `q_sample`); `cond` (B, 77, D) the caption
         embeddings. With guidance > 1, classifier-free guidance uses `uncond` (default: the
         empty caption). The taps of the last step (t = 1) come from the same UNet pass that
-        makes its noise prediction, so the head needs no extra pass.
+        makes its noise prediction, so the head needs no extra pass. Steps are diffusers'
+        `DDIMScheduler.step` (eta 0); `callback(done, total)` is called after each.
         """
         from tqdm.auto import tqdm
 
         times = ddim_timesteps(t_start, steps)
+        sched = self.scheduler
+        # diffusers' DDIM steps from t to t - T // num_inference_steps: pick the count whose stride
+        # is ours; the step after t = 1 goes to alpha_bar_0 (set_alpha_to_one=False, as SD's DDIM).
+        sched.set_timesteps(ddim_inference_steps(sched.config.num_train_timesteps, t_start, steps))
         x = latents.to(self.dtype)
         b = x.shape[0]
         if guidance != 1.0:
@@ -266,12 +333,9 @@ class Backbone(nn.Module):
             else:
                 eps, f = self.unet_forward(x, t, cond, features=want)
                 feats = f if want else feats
-            a_t = self.alphas_cumprod[t]
-            # The step after the last goes to alpha_bar_0 (set_alpha_to_one=False, as SD's DDIM).
-            a_prev = self.alphas_cumprod[times[k + 1]] if not last else self.alphas_cumprod[0]
-            x32, eps32 = x.float(), eps.float()
-            x0 = (x32 - (1 - a_t).sqrt() * eps32) / a_t.sqrt()
-            x = (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps32).to(self.dtype)
+            x = sched.step(eps.float(), t, x.float(), eta=0.0).prev_sample.to(self.dtype)
+            if callback is not None:
+                callback(k + 1, len(times))
         return DDIMResult(latents=x, features=feats)
 
 

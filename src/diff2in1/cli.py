@@ -135,8 +135,12 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
 
 def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
-    p.add_argument("--head", required=True, help="head folder (config.json + model.safetensors)")
-    p.add_argument("--resolution", type=_size, default=(512, 512), help="model input size (default 512)")
+    p.add_argument(
+        "--head", required=True, help="head folder (config.json + diffusion_pytorch_model.safetensors)"
+    )
+    p.add_argument(
+        "--resolution", type=_size, help="model input size (default: the size the head was trained at)"
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the t=0 noise")
@@ -206,16 +210,97 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 
 @command("predict", "surface normals + uncertainty for your own images or folders")
 def _predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--out", required=True, help="output folder")
-    _predictor_args(p)
+    p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--out", required=True, help="output folder (not inside an input folder)")
+    p.add_argument("--pipeline", help="pipeline folder (see export-pipeline / convert-research)")
+    p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
+    p.add_argument("--head", help="head folder (with --backbone)")
+    p.add_argument("--resolution", type=int, help="model input size (default: the head's own)")
+    p.add_argument(
+        "--resize-mode",
+        choices=["squash", "keep_aspect"],
+        help="squash to a square as in training (default), or keep the aspect ratio and pad",
+    )
+    p.add_argument("--ensemble-size", type=int, default=1, help="noise draws + flips combined (default 1)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="store the backbone in bf16/fp16 (bf16 on CPU and recent GPUs)",
+    )
+    p.add_argument(
+        "--skip-bad-files", action="store_true", help="skip unreadable images (listed) instead of stopping"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false")
 
     def run(a: argparse.Namespace) -> None:
-        from .stages.predict import collect_images, predict_files
+        from .backbone import weights_dtype
+        from .distributed import init_from_launcher
+        from .inference.files import collect_images, predict_files
+        from .inference.pipeline import load_pipeline
 
-        collect_images(a.inputs)  # bad input fails before any model loads
-        files = predict_files(_predictor(a), a.inputs, a.out, batch_size=a.batch_size, progress=a.progress)
-        print(f"predicted {len(files)} image(s) into {a.out}")
+        if a.ensemble_size < 1 or a.batch_size < 1:
+            raise InputError("--ensemble-size and --batch-size must be at least 1")
+        if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
+            raise InputError(f"--resolution {a.resolution}: must be a positive multiple of 64")
+        collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        pipe = load_pipeline(
+            a.pipeline, a.backbone, a.head, init_from_launcher(a.device), weights_dtype(a.mixed_precision)
+        )
+        res = predict_files(
+            pipe,
+            a.inputs,
+            a.out,
+            processing_resolution=a.resolution,
+            resize_mode=a.resize_mode,
+            ensemble_size=a.ensemble_size,
+            batch_size=a.batch_size,
+            seed=a.seed,
+            skip_bad_files=a.skip_bad_files,
+            progress=a.progress,
+        )
+        for _path, reason in res.skipped:
+            print(f"skipped {reason}")
+        if not res.written:
+            raise InputError("no image could be predicted")
+        print(f"predicted {len(res.written)} image(s) into {a.out}")
+
+    p.set_defaults(func=run)
+
+
+@command(
+    "export-pipeline", "write a pipeline folder (model_index.json + components) from a backbone and a head"
+)
+def _export_pipeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
+    p.add_argument("--head", required=True, help="head folder")
+    p.add_argument("--out", required=True, help="pipeline folder to write (must not exist or be empty)")
+
+    def run(a: argparse.Namespace) -> None:
+        from .inference.convert import export_pipeline
+
+        out = export_pipeline(a.backbone, a.head, a.out)
+        print(f"pipeline written to {out}")
+
+    p.set_defaults(func=run)
+
+
+@command("convert-research", "turn the released research checkpoints into a pipeline folder")
+def _convert_research(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fusion", required=True, help="checkpoint_<epoch>.pth (the fusion module)")
+    p.add_argument("--decoder", required=True, help="checkpoint_bae_<epoch>.pth (the decoder)")
+    p.add_argument("--backbone", required=True, help="the SD v1.5 model.ckpt / .safetensors / folder")
+    p.add_argument("--out", required=True, help="pipeline folder to write (must not exist or be empty)")
+    p.add_argument("--resolution", type=int, default=512, help="resolution the heads were trained at")
+
+    def run(a: argparse.Namespace) -> None:
+        from .inference.convert import convert_research
+
+        out = convert_research(a.fusion, a.decoder, a.backbone, a.out, resolution=a.resolution)
+        print(f"pipeline written to {out}")
 
     p.set_defaults(func=run)
 
@@ -390,16 +475,6 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-@command("bench", "speed and memory of every stage at SD v1.5 scale (same as python -m diff2in1.bench)")
-def _bench(p: argparse.ArgumentParser) -> None:
-    def run(a: argparse.Namespace) -> None:
-        from .bench import main as bench_main
-
-        bench_main(a.rest)
-
-    p.set_defaults(func=run, passthrough=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -412,21 +487,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (help_text, add) in COMMANDS.items():
-        # `bench` hands all its flags (--help included) to the benchmark's own parser.
-        add(sub.add_parser(name, help=help_text, description=help_text, add_help=name != "bench"))
+        add(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if getattr(args, "passthrough", False):
-        args.rest = rest
-    elif rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if getattr(args, "progress", True) is False:  # --no-progress: also the libraries' loading bars
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
     if args.threads:
         import torch
 

@@ -16,19 +16,7 @@ def save_diffusers_folder(backbone: Backbone, out: str | Path) -> Path:
     backbone.unet.save_pretrained(out / "unet")
     backbone.text_encoder.save_pretrained(out / "text_encoder")
     backbone.tokenizer.save_pretrained(out / "tokenizer")
-    (out / "scheduler").mkdir(exist_ok=True)
-    sched = {
-        "_class_name": "DDIMScheduler",
-        "num_train_timesteps": backbone.num_timesteps,
-        "beta_start": backbone.beta_range[0],
-        "beta_end": backbone.beta_range[1],
-        "beta_schedule": "scaled_linear",
-        "clip_sample": False,
-        "set_alpha_to_one": False,
-        "steps_offset": 1,
-        "prediction_type": "epsilon",
-    }
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=1))
+    backbone.scheduler.save_pretrained(out / "scheduler")
     index = {
         "_class_name": "StableDiffusionPipeline",
         "vae": ["diffusers", "AutoencoderKL"],

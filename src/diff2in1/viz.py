@@ -137,3 +137,68 @@ def line_plot(
         draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=color, width=2)
         draw.text((w - right - 160, top + 6 + 14 * i), name, fill=color)
     return img
+
+
+def nice_ticks(vmax: float, vmin: float = 0.0, max_ticks: int = 7) -> list[float]:
+    """Round tick values from vmin to at most vmax (3..max_ticks of them when possible).
+
+    Steps that end exactly on vmax are preferred (45 -> 0, 15, 30, 45; 90 -> 0, 15, ..., 90).
+    """
+    span = float(vmax) - float(vmin)
+    if not span > 0:
+        return [float(vmin)]
+    steps = sorted({m * 10.0**e for e in range(-3, 5) for m in (1, 2, 2.5, 5)} | {15.0, 30.0, 45.0, 90.0})
+    fits = [s for s in steps if span / s <= max_ticks - 1 + 1e-9]
+    exact = [s for s in fits if abs(span / s - round(span / s)) < 1e-9 and span / s >= 2 - 1e-9]
+    step = (exact or fits or [span])[0]
+    n = int(math.floor(span / step + 1e-9))
+    return [round(vmin + i * step, 10) for i in range(n + 1)]
+
+
+def default_font(px: int):
+    """PIL's default font at `px` pixels when FreeType is available, else the fixed bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except (TypeError, ValueError, OSError, ImportError):  # no FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def add_colorbar(rgb: np.ndarray, vmax: float, vmin: float = 0.0, unit: str = "°") -> Image.Image:
+    """uint8 picture (H, W, 3) coloured by `colormap(., vmax, vmin)` -> the picture with a
+    vertical colour bar and tick labels (e.g. "0°", "15°") on its right, same height.
+
+    The font scales with the height (at least 11 px), so labels stay readable from 128 px up.
+    """
+    rgb = np.asarray(rgb, np.uint8)
+    h, w = rgb.shape[:2]
+    from PIL import ImageFont
+
+    font = default_font(max(11, h // 24))
+    if not isinstance(font, ImageFont.FreeTypeFont) and unit == "°":
+        unit = " deg"  # the bitmap fallback font has no degree sign
+    ticks = nice_ticks(vmax, vmin)
+    labels = [f"{t:g}{unit}" for t in ticks]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    boxes = [probe.textbbox((0, 0), s, font=font) for s in labels]
+    text_w = max(b[2] - b[0] for b in boxes)
+    text_h = max(b[3] - b[1] for b in boxes)
+    gap, bar_w, tick = max(4, text_h // 2), max(10, text_h), max(3, text_h // 3)
+    margin = min(text_h // 2 + 2, max(0, h // 2 - 1))  # room for the top and bottom labels
+    y0, y1 = margin, max(margin + 1, h - 1 - margin)  # bar rows: y0 shows vmax, y1 shows vmin
+    out = Image.new("RGB", (w + gap + bar_w + tick + gap + text_w + gap, h), (255, 255, 255))
+    out.paste(Image.fromarray(rgb), (0, 0))
+    vals = vmax - (np.arange(y0, y1 + 1) - y0) / max(y1 - y0, 1) * (vmax - vmin)  # (n,)
+    bar = np.repeat(colormap(vals[:, None], vmax, vmin), bar_w, axis=1)  # (n, bar_w, 3)
+    x0 = w + gap
+    out.paste(Image.fromarray(bar), (x0, y0))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([x0, y0, x0 + bar_w - 1, y1], outline=(0, 0, 0))
+    span = max(vmax - vmin, 1e-12)
+    for t, s, b in zip(ticks, labels, boxes, strict=True):
+        y = round(y1 - (t - vmin) / span * (y1 - y0))
+        draw.line([(x0 + bar_w, y), (x0 + bar_w + tick - 1, y)], fill=(0, 0, 0))
+        ty = min(max(y - (b[1] + b[3]) / 2, -b[1]), h - b[3])  # centred on the tick, kept inside
+        draw.text((x0 + bar_w + tick + gap // 2, ty), s, fill=(0, 0, 0), font=font)
+    return out

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diff2in1.atomic import TMP_SUFFIX, atomic_write, save_text  # noqa: F401  (re-exported)
 from diff2in1.errors import InputError
@@ -45,16 +45,103 @@ def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(arr.shape), arr.dtype
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 HxWx3 RGB (any PIL mode is converted, as the research code does)."""
+def array_to_float(array: np.ndarray, name: str) -> np.ndarray:
+    """An HxW / HxWx1 / HxWx3 / HxWx4 numpy image -> float32 HxWx3 RGB in [0, 1].
+
+    uint8 is divided by 255 and uint16 by 65535; float16/32/64 must already lie in [0, 1].
+    Grey is replicated to three channels, alpha is dropped. InputError names `name`.
+    """
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
+        array = array[..., :3]
+    elif array.ndim != 2:
+        raise InputError(f"{name}: expected an HxW, HxWx1, HxWx3 or HxWx4 array, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{name}: empty image (shape {array.shape})")
+    if array.dtype == np.uint8:
+        out = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        out = array.astype(np.float32) / 65535.0
+    elif array.dtype in (np.float16, np.float32, np.float64):
+        if not np.isfinite(array).all():
+            raise InputError(f"{name}: contains NaN or infinite values")
+        lo, hi = float(array.min()), float(array.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"{name}: values outside [0, 1] (min {lo:.4g}, max {hi:.4g}) for a float array")
+        out = array.astype(np.float32)
+    else:
+        raise InputError(f"{name}: unsupported dtype {array.dtype} (use uint8, uint16 or float in [0, 1])")
+    if out.ndim == 2:
+        out = out[..., None]
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def pil_to_float(img: Image.Image, name: str) -> np.ndarray:
+    """Any PIL image -> float32 HxWx3 RGB in [0, 1], scaled by its real bit depth.
+
+    8-bit modes (RGB, RGBA without alpha, L, LA, P, CMYK, 1, ...) go through PIL's RGB
+    conversion and /255. 16-bit grey (I;16, I;16B, I;16L) is /65535, not clipped to white as
+    PIL's own conversion does. 32-bit integer grey (I) is /65535 when its values fit 16 bits
+    (16-bit files that PIL widened) and /(2^31 - 1) otherwise; negative values are an error.
+    Float grey (F) must lie in [0, 1].
+    """
+    mode = img.mode
+    if mode.startswith("I;16") and not mode.endswith("S"):
+        return array_to_float(np.asarray(img).astype(np.uint16), name)
+    if mode == "I" or mode.startswith("I;"):
+        a = np.asarray(img).astype(np.int64)
+        if a.size and a.min() < 0:
+            raise InputError(f"{name}: negative values in a {mode} (integer grey) image")
+        if a.size == 0 or a.max() <= 65535:
+            return array_to_float(a.astype(np.uint16), name)
+        return array_to_float((a / (2.0**31 - 1)).astype(np.float32), name)
+    if mode == "F":
+        return array_to_float(np.asarray(img, dtype=np.float32), name)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # PIL warns on P + transparency -> RGB directly
+    if mode != "RGB":
+        img = img.convert("RGB")
+    return array_to_float(np.asarray(img), name)
+
+
+def read_image_float(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = None,
+    exif_transpose: bool = False,
+    name: str | None = None,
+) -> np.ndarray:
+    """Decode an image file to float32 HxWx3 RGB in [0, 1] (see `pil_to_float`).
+
+    `max_pixels` is checked on the header before decoding; `exif_transpose` applies the EXIF
+    orientation tag. Every failure is an InputError naming `name` (default: the path).
+    """
+    name = str(path) if name is None else name
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {max_pixels})")
             img.load()
-            return np.array(img.convert("RGB"))
+            if exif_transpose:
+                img = ImageOps.exif_transpose(img)
+            return pil_to_float(img, name)
     except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise InputError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: image too large (PIL decompression-bomb check: {e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{name}: cannot decode image ({type(e).__name__}: {msg})") from None
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to uint8 HxWx3 RGB (any PIL mode; 16-bit grey scaled down, not clipped)."""
+    return np.rint(read_image_float(path) * 255.0).astype(np.uint8)
 
 
 def load_png_rgb_strict(path: str | os.PathLike) -> np.ndarray:

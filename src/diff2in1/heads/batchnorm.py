@@ -36,10 +36,12 @@ def batch_norm(
     c = x.shape[1]
     xf = x.float()
     count = torch.full((1,), xf.numel() / c, device=x.device)
-    stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
+    # Two passes (mean, then squared deviations), as F.batch_norm: E[x^2] - E[x]^2 in float32 loses
+    # digits when a channel's mean is large against its spread, and 2 processes then drift from 1.
+    stats = all_reduce(torch.cat([xf.sum((0, 2, 3)), count]))
     n = stats[-1]
     mean = stats[:c] / n
-    var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as batch norm normalises with
+    var = all_reduce((xf - mean.view(1, c, 1, 1)).pow(2).sum((0, 2, 3))) / n  # biased, as BN normalises
     with torch.no_grad():
         running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
         running_var.mul_(1 - momentum).add_(var.detach() * n / (n - 1), alpha=momentum)

@@ -1,7 +1,9 @@
 """Feature fusion (the research code's `SNmodule`, SPEC 3): four tap groups -> f4, f3, f2, f1, f0.
 
 L = latent size. Output sizes: f4 at L/4, f3 at L/2, f2 at L, f1 at 2L, f0 at 4L, i.e. 1/32 .. 1/2 of
-the image, which is what the Bae decoder expects.
+the image, which is what the Bae decoder expects. Tail (docs/method.md section 3):
+g0 = ReLU(BN(g)); f1 = ReLU(BN(convT(g0))) -- activated, because the research code's in-place ReLU
+overwrites the tensor it returns as "before_relu"; f0 = BN(convT([f1, resize(g0)])) without ReLU.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class ResidualBlock(nn.Module):
 
 
 class FeatureFusion(nn.Module):
-    """low/mid/high/highest tap groups -> (f4, f3, f2, f1, f0).
+    """low/mid/high/highest tap groups -> (f4, f3, f2, f1, f0); f1 is after its ReLU, f0 before.
 
     Each projection's width equals its block's output width (m = f3, h = f2, e = g), as in the
     reference widths.
@@ -106,6 +108,8 @@ class FeatureFusion(nn.Module):
         e = self.highest_proj(feats.highest)  # (B, g, L)
         g = self.highest_block(torch.cat([f2, e], 1))  # (B, g, L)
         g0 = F.relu(self.bn0(g))
-        f1 = self.bn1(self.up1(g0))  # (B, f1, 2L), before ReLU
-        f0 = self.bn2(self.up2(torch.cat([F.relu(f1), resize(g0, f1.shape[-2:])], 1)))  # (B, f0, 4L)
+        # The research code returns this map under the name "before_relu", but its in-place ReLU
+        # overwrites that very tensor: both the decoder and f0 receive the *activated* f1 (SPEC 3).
+        f1 = F.relu(self.bn1(self.up1(g0)))  # (B, f1, 2L)
+        f0 = self.bn2(self.up2(torch.cat([f1, resize(g0, f1.shape[-2:])], 1)))  # (B, f0, 4L), no ReLU
         return f4, f3, f2, f1, f0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import FrozenDict, register_to_config
+from safetensors.torch import load_file
+from torch import Tensor
 
 from ..alignment import realign_
 from ..errors import InputError
@@ -18,8 +21,9 @@ from .decoder import NormalDecoder
 from .fusion import FeatureFusion, FeatureGroups
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-MODEL_TYPE = "diff2in1-normal-head"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' name for a model's weights
+WEIGHTS_NAMES = (WEIGHTS_NAME, "model.safetensors")  # the second: heads saved by diff2in1 < 0.2
+RESIZE_MODES = ("squash", "keep_aspect")
 
 
 @dataclass
@@ -117,13 +121,54 @@ class HeadOutput:
     point_coords: list[Tensor] = field(default_factory=list)
 
 
-class NormalHead(nn.Module):
-    """Fusion (`fusion`) + decoder (`decoder`). See `forward`."""
+class NormalHead(ModelMixin, ConfigMixin):
+    """Fusion (`fusion`) + decoder (`decoder`): tap groups -> unit normals and kappa. See `forward`.
 
-    def __init__(self, config: HeadConfig) -> None:
+    A diffusers model: `save_pretrained` writes `config.json` + `diffusion_pytorch_model.safetensors`;
+    `from_pretrained` loads that folder (or the older `model.safetensors` name). Besides the widths
+    (`HeadConfig`), the config records how to use the head right: `processing_resolution` and
+    `resize_mode` it was trained with, and `backbone`, a fingerprint of the backbone whose taps it
+    was trained on (`diff2in1.fingerprint`); all three are None until a training run sets them.
+    """
+
+    config_name = CONFIG_NAME
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: tuple[int, int, int, int] = (7680, 7040, 4160, 2560),
+        f4: int = 2048,
+        f3: int = 176,
+        f2: int = 64,
+        g: int = 64,
+        f1: int = 40,
+        f0: int = 24,
+        decoder_widths: tuple[int, int, int, int, int] = (2048, 1024, 512, 256, 128),
+        refine_hidden: int = 128,
+        gn_groups: int = 8,
+        sampling_ratio: float = 0.4,
+        importance_ratio: float = 0.7,
+        processing_resolution: int | list[int] | None = None,
+        resize_mode: str | None = None,
+        backbone: dict | None = None,
+    ) -> None:
         super().__init__()
-        self.config = config
-        c = config
+        c = HeadConfig(
+            in_channels=in_channels,
+            f4=f4,
+            f3=f3,
+            f2=f2,
+            g=g,
+            f1=f1,
+            f0=f0,
+            decoder_widths=decoder_widths,
+            refine_hidden=refine_hidden,
+            gn_groups=gn_groups,
+            sampling_ratio=sampling_ratio,
+            importance_ratio=importance_ratio,
+        )
+        if resize_mode not in (None, *RESIZE_MODES):
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.fusion = FeatureFusion(c.in_channels, c.f4, c.f3, c.f2, c.g, c.f1, c.f0)
         self.decoder = NormalDecoder(
             skip_channels=(c.f4, c.f3, c.f2, c.f1, c.f0),
@@ -133,6 +178,30 @@ class NormalHead(nn.Module):
             sampling_ratio=c.sampling_ratio,
             importance_ratio=c.importance_ratio,
         )
+
+    @classmethod
+    def from_head_config(cls, config: HeadConfig, **usage) -> NormalHead:
+        """A randomly initialised head of these widths; `usage`: processing_resolution, resize_mode,
+        backbone."""
+        return cls(**config.to_dict(), **usage)
+
+    def set_usage(self, **usage) -> None:
+        """Record processing_resolution / resize_mode / backbone in the config (saved with the head)."""
+        unknown = set(usage) - {"processing_resolution", "resize_mode", "backbone"}
+        if unknown:
+            raise ValueError(f"not usage settings: {sorted(unknown)}")
+        self.register_to_config(**usage)
+        # diffusers lists the init arguments left at their defaults and drops them in from_config:
+        # these are no longer defaults.
+        d = dict(self._internal_dict)
+        d["_use_default_values"] = [k for k in d.get("_use_default_values", []) if k not in usage]
+        self._internal_dict = FrozenDict(d)
+
+    @property
+    def widths(self) -> HeadConfig:
+        """The widths part of the config as a `HeadConfig`."""
+        known = {f.name for f in dataclasses.fields(HeadConfig)}
+        return HeadConfig(**{k: v for k, v in self.config.items() if k in known})
 
     def forward(
         self,
@@ -162,30 +231,35 @@ class NormalHead(nn.Module):
             normal = normal / (torch.linalg.vector_norm(normal, dim=1, keepdim=True) + 1e-10)
         return HeadOutput(normal, kappa, dec.coarse, dec.point_preds, dec.point_coords)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json + model.safetensors (all parameters and buffers) into `directory`."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **self.config.to_dict()}
-        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
-        return out
-
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> NormalHead:
-        """Load a folder written by `save_pretrained`; InputError naming the file on any problem."""
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu", **kwargs
+    ) -> NormalHead:
+        """Load a folder written by `save_pretrained`; InputError naming the file on any problem.
+
+        Our own loader rather than diffusers': it checks keys and shapes into one-line errors, accepts
+        the older `model.safetensors` name, and never reaches for a hub. `kwargs` from
+        `DiffusionPipeline.from_pretrained` are accepted; only `torch_dtype` and `subfolder` are used.
+        """
         folder = Path(directory)
-        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise InputError(f"{p}: missing (a head folder needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        if kwargs.get("subfolder"):
+            folder = folder / kwargs["subfolder"]
+        cfg_path = folder / CONFIG_NAME
+        w_path = next((folder / n for n in WEIGHTS_NAMES if (folder / n).is_file()), None)
+        if not cfg_path.is_file() or w_path is None:
+            raise InputError(f"{folder}: not a head folder (needs {CONFIG_NAME} and {WEIGHTS_NAMES[0]})")
         try:
-            config = HeadConfig.from_dict(json.loads(cfg_path.read_text()))
+            raw = json.loads(cfg_path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("not a JSON object")
+            init = {k: v for k, v in raw.items() if not k.startswith("_") and k != "model_type"}
+            unknown = sorted(set(init) - set(inspect.signature(cls.__init__).parameters))
+            if unknown:
+                raise ValueError(f"unknown keys {unknown}")
+            with torch.device("meta"):  # every tensor comes from the file: skip the random init
+                model = cls(**init)
         except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
             raise InputError(f"{cfg_path}: not a valid head config ({' '.join(str(e).split())})") from None
-        with torch.device("meta"):  # every tensor comes from the file: skip the random init
-            model = cls(config)
         try:
             state = load_file(str(w_path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
@@ -193,8 +267,13 @@ class NormalHead(nn.Module):
             raise InputError(f"{w_path}: not a readable safetensors file ({detail})") from None
         expected = model.state_dict()
         check_state_dict(expected, state, w_path)
-        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+        dtype = kwargs.get("torch_dtype") or None
+        state = {
+            k: v.to(dtype if dtype is not None and v.is_floating_point() else expected[k].dtype)
+            for k, v in state.items()
+        }
         model.load_state_dict(state, strict=True, assign=True)
+        model.eval()
         return realign_(model.to(device))  # after the move: a move already copies
 
 

@@ -176,7 +176,7 @@ def load_research_checkpoint(fusion_path: str | Path, decoder_path: str | Path) 
     )
     config = infer_config(fusion_raw, decoder_raw, fusion_path, decoder_path)
     with torch.device("meta"):  # every tensor comes from the files: skip the random init
-        model = NormalHead(config)
+        model = NormalHead.from_head_config(config)
     expected = model.state_dict()
     loaded: dict[str, Tensor] = {}
     for state, source, prefix in parts:

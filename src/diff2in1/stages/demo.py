@@ -21,6 +21,7 @@ from ..config import CreateConfig, SelfImproveConfig, WarmupConfig
 from ..data import NormalsDataset
 from ..data.scenes import make_scenes
 from ..heads import NormalHead
+from ..heads.normal_head import WEIGHTS_NAMES
 from ..runs import RunDir, to_plain
 from ..viz import grid, image_to_rgb, line_plot, normal_to_rgb, save_png, uncertainty_to_rgb
 from .create import create_data
@@ -53,13 +54,13 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        base = dict(train=24, test=8, warmup_epochs=3, self_improve_epochs=1, steps=10)
+        base = dict(train=24, test=8, warmup_epochs=3, self_improve_epochs=1, steps=12)
         return cls(**{**base, **kw})
 
 
 def _existing_or(run: Path, name: str, train) -> dict:
     """Run a training stage unless its final head exists; resume it if it was interrupted."""
-    if (run / name / "model.safetensors").exists():
+    if any((run / name / w).exists() for w in WEIGHTS_NAMES):
         rows = (run / "log.csv").read_text().strip().splitlines()[1:] if (run / "log.csv").exists() else []
         return {"steps": len(rows), "losses": [float(r.split(",")[3]) for r in rows]}
     result = train(RunDir(run).config_path.exists())

@@ -1,4 +1,4 @@
-"""Evaluation on a labelled split (SPEC 9): float predictions, exact pi, pooled pixels."""
+"""Evaluation on a labelled split (docs/method.md section 9): float predictions, exact pi, pooled pixels."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from tqdm.auto import tqdm
 
 from ..atomic import save_text
 from ..data import NormalsDataset
+from ..inference.image_processor import resize_image, resize_map, resize_normals
 from ..metrics import MetricAccumulator, angular_error_deg
 from ..viz import error_to_rgb, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
-from .predict import NormalPredictor, resize_map, resize_normals
+from .predict import NormalPredictor
 
 METRIC_NAMES = ("mean", "median", "rmse", "a11", "a22", "a30")
 METRIC_LABELS = {
@@ -73,22 +74,13 @@ def evaluate(
     acc = MetricAccumulator()
     per_image, picture_rows = [], []
     for items in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        x = torch.stack(
-            [
-                torch.nn.functional.interpolate(
-                    it["image"][None],
-                    size=predictor.resolution,
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=True,
-                )[0]
-                for it in items
-            ]
-        )
-        pred = predictor(x, out_size=predictor.resolution, ids=[it["index"] for it in items])
+        x = torch.stack([resize_image(it["image"], predictor.resolution) for it in items])
+        pred = predictor(x, out_size=predictor.resolution)
         for it, nrm, kap in zip(items, pred.normal, pred.kappa, strict=True):
             size = tuple(it["normal"].shape[-2:])
-            nrm = resize_normals(nrm[None], size)[0]  # SPEC 9: to the ground truth's size, renormalised
+            nrm = resize_normals(nrm[None], size)[
+                0
+            ]  # method section 9: to the ground truth's size, renormalised
             kap = resize_map(kap[None], size)[0]
             mask = it["mask"][0]
             err = angular_error_deg(nrm.cpu(), it["normal"]).float()  # (H, W) degrees

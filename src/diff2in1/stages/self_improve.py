@@ -100,7 +100,7 @@ def train_self_improve(
         cfg.backbone, device=accelerator.device, dtype=weights_dtype(cfg.mixed_precision)
     )
     backbone.to(accelerator.device)
-    exploitation = build_head(cfg.init, backbone).to(accelerator.device)
+    exploitation = build_head(cfg.init, backbone, cfg.resolution).to(accelerator.device)
     if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
         run.start(cfg, resume=resume)
     accelerator.wait_for_everyone()

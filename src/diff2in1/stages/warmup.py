@@ -1,4 +1,4 @@
-"""Stage 1 (SPEC 6): warm-up of the normal head on the frozen backbone's features."""
+"""Stage 1 (docs/method.md section 6): warm-up of the normal head on the frozen backbone's features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from ..backbone import Backbone, load_backbone, weights_dtype
 from ..config import WarmupConfig
 from ..data import NormalsDataset
-from ..errors import InputError
+from ..fingerprint import backbone_fingerprint, check_head
 from ..heads import HeadConfig, NormalHead
 from ..losses import head_loss
 from ..runs import RunDir
@@ -19,20 +19,31 @@ from .feature_cache import FeatureCache, PosteriorCache
 from .loop import LoopResult, make_accelerator, mix_seed, run_training
 
 
-def build_head(spec: str, backbone: Backbone) -> NormalHead:
-    """`reference` (research widths), `small` (toy widths), or a saved head folder."""
+def build_head(spec: str, backbone: Backbone, resolution: int | tuple[int, int] | None = None) -> NormalHead:
+    """`reference` (research widths), `small` (toy widths), or a saved head folder.
+
+    The head's config records how it is being trained, so inference uses it right: the training
+    `resolution` (squashed, as the research data loader does) and the backbone's fingerprint.
+    """
     channels = backbone.tap_channels
     in_channels = tuple(channels[g] for g in ("low", "mid", "high", "highest"))
     if spec == "reference":
-        return NormalHead(dataclasses.replace(HeadConfig.reference(), in_channels=in_channels))
-    if spec == "small":
-        return NormalHead(HeadConfig.small(in_channels))
-    head = NormalHead.from_pretrained(spec)
-    if tuple(head.config.in_channels) != in_channels:
-        raise InputError(
-            f"{spec}: head expects tap channels {tuple(head.config.in_channels)}, "
-            f"the backbone gives {in_channels}"
+        head = NormalHead.from_head_config(
+            dataclasses.replace(HeadConfig.reference(), in_channels=in_channels)
         )
+    elif spec == "small":
+        head = NormalHead.from_head_config(HeadConfig.small(in_channels))
+    else:
+        head = NormalHead.from_pretrained(spec)
+        check_head(head, backbone, spec, str(backbone.source))
+    if resolution is not None:
+        h, w = (
+            (resolution, resolution)
+            if isinstance(resolution, int)
+            else (int(resolution[0]), int(resolution[1]))
+        )
+        head.set_usage(processing_resolution=h if h == w else [h, w], resize_mode="squash")
+    head.set_usage(backbone=backbone_fingerprint(backbone.unet, backbone.vae, channels))
     return head
 
 
@@ -103,7 +114,7 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     )
     backbone.to(accelerator.device)
     torch.manual_seed(cfg.seed)  # the same initial head on every process and every resume
-    head = build_head(cfg.head, backbone).to(accelerator.device)
+    head = build_head(cfg.head, backbone, cfg.resolution).to(accelerator.device)
     if accelerator.is_main_process:  # one writer; the others wait until the folder is ready
         run.start(cfg, resume=resume)
     accelerator.wait_for_everyone()

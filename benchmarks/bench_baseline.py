@@ -1,7 +1,7 @@
-"""The SLOW REFERENCE for `diff2in1.bench` only: a straightforward fp32 implementation of SPEC 2-4
-that makes the research code's choices. No stage uses it; it exists so the benchmark can measure,
-in the same run, how much faster the package's own implementation is, and so a test can check that
-both compute the same thing.
+"""The SLOW REFERENCE for `bench.py` only: a straightforward fp32 implementation of docs/method.md
+sections 2-4 that makes the research code's choices. No stage uses it; it exists so the benchmark
+can measure, in the same run, how much faster the package's own implementation is, and so a test
+can check that both compute the same thing.
 
 It shares every parameter and buffer with a `NormalHead` (it wraps it), so with the same seeds it
 must give the same outputs as the head, within float rounding. What it does differently, on purpose:
@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import Backbone
-from .heads.decoder import indices_to_coords, norm_normalize, sample_point_indices, up2
-from .heads.fusion import FeatureGroups, resize
-from .heads.normal_head import HeadOutput, NormalHead
-from .stages.loop import mix_seed
-from .taps import GROUPS, TapFeatures
+from diff2in1.backbone import Backbone
+from diff2in1.heads.decoder import indices_to_coords, norm_normalize, sample_point_indices, up2
+from diff2in1.heads.fusion import FeatureGroups, resize
+from diff2in1.heads.normal_head import HeadOutput, NormalHead
+from diff2in1.stages.loop import mix_seed
+from diff2in1.taps import GROUPS, TapFeatures
 
 
 def tap_splits(backbone: Backbone) -> dict[str, list[int]]:
@@ -42,8 +42,8 @@ def tap_splits(backbone: Backbone) -> dict[str, list[int]]:
 
 @torch.no_grad()
 def baseline_perceive(backbone: Backbone, images: Tensor, seeds: list[int]) -> TapFeatures:
-    """SPEC 2 features as `Backbone.perceive(images, seeds=seeds)` computes them (same draws), but
-    fp32 and re-embedding the empty caption on every call."""
+    """docs/method.md section 2 features as `Backbone.perceive(images, seeds=seeds)` computes them
+    (same draws), but fp32 and re-embedding the empty caption on every call."""
     dev = backbone.device
     images = images.to(dev, torch.float32)
     cond = backbone.embed([""] * images.shape[0])
@@ -73,7 +73,7 @@ class BaselineHead(nn.Module):
         super().__init__()
         self.head = head
         self.splits = splits
-        for g, c in zip(GROUPS, head.config.in_channels, strict=True):
+        for g, c in zip(GROUPS, head.widths.in_channels, strict=True):
             if sum(splits[g]) != c:
                 raise ValueError(f"tap group {g}: maps {splits[g]} do not add up to the head's {c} channels")
 
@@ -92,7 +92,8 @@ class BaselineHead(nn.Module):
         g = fu.highest_block(torch.cat([f2, e], 1))
         g0 = F.relu(fu.bn0(g))
         f1 = fu.bn1(fu.up1(g0))
-        f0 = fu.bn2(fu.up2(torch.cat([F.relu(f1), resize(g0, f1.shape[-2:])], 1)))
+        F.relu(f1, inplace=True)  # in place, as the research code: the decoder gets the activated f1
+        f0 = fu.bn2(fu.up2(torch.cat([f1, resize(g0, f1.shape[-2:])], 1)))
         return f4, f3, f2, f1, f0
 
     def _refine_points(
@@ -170,7 +171,7 @@ def _nll_term(pred: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
 
 
 def baseline_loss(out: HeadOutput, gt_normal: Tensor, gt_mask: Tensor) -> Tensor:
-    """SPEC 4 (UG_NLL), written the research way with boolean indexing."""
+    """docs/method.md section 4 (UG_NLL), written the research way with boolean indexing."""
     if gt_mask.dim() == 3:
         gt_mask = gt_mask.unsqueeze(1)
     size = gt_normal.shape[-2:]
@@ -210,8 +211,8 @@ def baseline_predict(
     backbone: Backbone, bhead: BaselineHead, images: Tensor, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """(normal, kappa) as `NormalPredictor(backbone, head, seed=seed)(images)` gives them, for images
-    already at the model resolution."""
-    seeds = [mix_seed(seed, i) for i in range(images.shape[0])]
+    already at the model resolution: every image draws its noise from `seed` itself."""
+    seeds = [seed] * images.shape[0]
     feats = baseline_perceive(backbone, images, seeds)
     out = bhead.eval()(feats, image_size=tuple(images.shape[-2:]))
     return out.normal, out.kappa

@@ -1,4 +1,6 @@
-"""Speed and memory of every stage at real scale (issue 7): `python -m diff2in1.bench --help`.
+"""Speed and memory of every stage at real scale: `python benchmarks/bench.py --help`.
+
+Not part of the installed package: run it from a checkout, with the package installed.
 
 Stages, each timed as the package runs it (the stage code itself is called, not a copy):
   taps               VAE encode + one UNet pass with the feature taps (`Backbone.perceive`)
@@ -10,9 +12,10 @@ Stages, each timed as the package runs it (the stage code itself is called, not 
   self_improve_step  features + creation head (eval, no grad) + exploitation training step
 and, on precomputed features, the head alone (head_warmup_step, head_predict).
 
-Baseline column: `diff2in1.bench_baseline`, a straightforward fp32 implementation of SPEC 2-4 with
-the research code's choices, sharing the head's parameters; measured in the same run for the
-warm-up step and prediction (end to end and head only), reported as speed-up = baseline / ours.
+Baseline column: `bench_baseline.py` (next to this file), a straightforward fp32 implementation of
+docs/method.md sections 2-4 with the research code's choices, sharing the head's parameters;
+measured in the same run for the warm-up step and prediction (end to end and head only), reported
+as speed-up = baseline / ours.
 With `--dtype bf16` ours runs as the stages do under `--mixed-precision bf16` (backbone stored in
 bf16, head under autocast with fp32 weights); the baseline stays fp32, on its own fp32 copy of the
 same weights.
@@ -27,7 +30,7 @@ Memory: CUDA: `torch.cuda.max_memory_allocated`. CPU: the process's peak residen
 VmHWM, reset per stage through /proc/self/clear_refs; otherwise psutil sampled every 5 ms, or
 ru_maxrss), as the absolute peak and as the rise above the resident set at the stage's start.
 
-`main(argv)` is the entry point (`diff2in1 bench` calls it too). `--smoke` is the few-second CI form.
+`main(argv)` is the entry point. `--smoke` is the few-second CI form.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # `bench_baseline` is a sibling module, imported by name
+    sys.path.insert(0, _HERE)
 
 STAGES = ("taps", "warmup_step", "warmup_step_cached", "predict", "create_sample", "self_improve_step")
 HEAD_STAGES = ("head_warmup_step", "head_predict")
@@ -269,21 +276,21 @@ def model_flops(backbone, head, batch: int, resolution: int) -> dict[str, int]:
     """Forward FLOPs of one call, at this batch and resolution, on meta-device copies (free)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from .heads import NormalHead
-    from .losses import head_loss
-    from .taps import TapFeatures
+    from diff2in1.heads import NormalHead
+    from diff2in1.losses import head_loss
+    from diff2in1.taps import TapFeatures
 
     lat = resolution // 8
     meta = torch.device("meta")
     with meta:
         unet = UNet2DConditionModel.from_config(backbone.unet.config)
         vae = AutoencoderKL.from_config(backbone.vae.config)
-        mhead = NormalHead(head.config)
+        mhead = NormalHead.from_head_config(head.widths)
         z = torch.randn(batch, unet.config.in_channels, lat, lat)
         cond = torch.randn(batch, 77, unet.config.cross_attention_dim)
         img = torch.randn(batch, 3, resolution, resolution)
         lz = torch.randn(batch, vae.config.latent_channels, lat, lat)
-        c = head.config.in_channels
+        c = head.widths.in_channels
         feats = TapFeatures(
             *(torch.randn(batch, ch, lat // s, lat // s) for ch, s in zip(c, (8, 4, 2, 1), strict=True))
         )
@@ -397,23 +404,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    from .backbone import load_backbone
-    from .bench_baseline import (
+    from bench_baseline import (
         BaselineHead,
         baseline_loss,
         baseline_predict,
         baseline_warmup_loss,
         tap_splits,
     )
-    from .config import CreateConfig, WarmupConfig
-    from .heads import HeadConfig, NormalHead
-    from .losses import head_loss
-    from .stages.create import create_batch
-    from .stages.feature_cache import PosteriorCache
-    from .stages.loop import mix_seed
-    from .stages.predict import NormalPredictor
-    from .stages.self_improve import mixed_targets
-    from .stages.warmup import StepCaches, perception_step
+    from diff2in1.backbone import ddim_inference_steps, load_backbone
+    from diff2in1.config import CreateConfig, WarmupConfig
+    from diff2in1.errors import InputError
+    from diff2in1.heads import HeadConfig, NormalHead
+    from diff2in1.losses import head_loss
+    from diff2in1.stages.create import create_batch
+    from diff2in1.stages.feature_cache import PosteriorCache
+    from diff2in1.stages.loop import mix_seed
+    from diff2in1.stages.predict import NormalPredictor
+    from diff2in1.stages.self_improve import mixed_targets
+    from diff2in1.stages.warmup import StepCaches, perception_step
 
     wall0 = time.perf_counter()
     device = resolve_device(args.device)
@@ -464,8 +472,13 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         if args.smoke
         else dataclasses.replace(HeadConfig.reference(), in_channels=in_ch)
     )
-    head = NormalHead(cfg).to(device)
+    head = NormalHead.from_head_config(cfg).to(device)
     log(f"loaded backbone + head in {time.perf_counter() - t0:.1f} s")
+    try:  # refuse a step count the DDIM scheduler cannot step now, not after timing the other stages
+        n_train = backbone.scheduler.config.num_train_timesteps
+        ddim_inference_steps(n_train, CreateConfig().t_start, args.steps)
+    except InputError as e:
+        raise SystemExit(f"bench: --steps: {e}") from None
     if args.compile:
         backbone.unet.compile()
     flops = model_flops(backbone, head, bsz, res)
@@ -690,10 +703,10 @@ def check_equivalence(backbone, head, batch: dict, seed: int = SEED) -> dict[str
     updates). Refinement samples every pixel here (sampling_ratio 1), so the result does not hinge
     on the order of near-tied uncertainties, which float rounding may swap. Give it >= 2 images: with
     one image and a 1x1 coarsest map (64x64 input), batch norm would normalise rounding noise."""
-    from .bench_baseline import BaselineHead, baseline_predict, baseline_warmup_loss, tap_splits
-    from .config import WarmupConfig
-    from .stages.predict import NormalPredictor
-    from .stages.warmup import StepCaches, perception_step
+    from bench_baseline import BaselineHead, baseline_predict, baseline_warmup_loss, tap_splits
+    from diff2in1.config import WarmupConfig
+    from diff2in1.stages.predict import NormalPredictor
+    from diff2in1.stages.warmup import StepCaches, perception_step
 
     head = copy.deepcopy(head).float()
     head.decoder.sampling_ratio = 1.0
@@ -781,7 +794,7 @@ def format_table(report: dict) -> str:
             for k in STAGES
         ),
         f"memory: {report['memory_method']}; 'peak MB' absolute, '+MB' above the stage's start",
-        "baseline = diff2in1.bench_baseline (fp32, research choices, same weights); "
+        "baseline = benchmarks/bench_baseline.py (fp32, research choices, same weights); "
         "speed-up = baseline / ours",
     ]
     if "equivalence" in report:
@@ -795,7 +808,7 @@ def format_table(report: dict) -> str:
 # ------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="diff2in1 bench",
+        prog="python benchmarks/bench.py",
         description="Time and memory of each stage at real scale (random SD v1.5 weights, no download).",
     )
     p.add_argument("--backbone", default="sd15", help="preset, diffusers folder or checkpoint (default sd15)")
@@ -819,7 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--smoke",
         action="store_true",
-        help="a few seconds: tiny backbone, 64x64, small head, 1 repeat, 2 DDIM steps, with --check",
+        help="a few seconds: tiny backbone, 64x64, small head, 1 repeat, 3 DDIM steps, with --check",
     )
     return p
 
@@ -828,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
         args.backbone, args.resolution = "tiny", 64
-        args.steps, args.check = min(args.steps, 2), True
+        args.steps, args.check = min(args.steps, 3), True  # 2 steps below t=600: no DDIM stride
     args.repeat = args.repeat if args.repeat is not None else (1 if args.smoke else 3)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.smoke else 1)
     if args.resolution % 64 or args.resolution <= 0:

@@ -1,0 +1,150 @@
+"""`diff2in1 predict`: the pipeline over image files and folders, writing pictures and arrays.
+
+Per input `<stem>`: `<stem>_normal.png` (8-bit colour picture), `<stem>_normal16.png` (16-bit,
+(n + 1) / 2 * 65535), `<stem>_normal.npy` (float32 H x W x 3), `<stem>_kappa.npy` (float32 H x W) and
+`<stem>_uncertainty.png` (expected angular error with a colour bar in degrees).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from .pipeline import Diff2in1Pipeline
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+OUTPUT_SUFFIXES = ("_normal.png", "_normal16.png", "_uncertainty.png")
+
+
+@dataclass
+class PredictResult:
+    """What `predict_files` wrote and what it left out (path, one-line reason)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def collect_images(inputs: Iterable[str | Path], out: str | Path | None = None) -> list[Path]:
+    """Files and folders (searched recursively, suffixes in any case) -> sorted image paths.
+
+    InputError for a missing input, a non-image file, no images at all, or an `out` folder inside an
+    input folder or equal to it (outputs never mix with inputs; a second run would read them back).
+    """
+    inputs = [Path(i) for i in inputs]
+    out_dir = Path(out).resolve() if out is not None else None
+    found: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            if out_dir is not None and (_inside(out_dir, p.resolve()) or _inside(p.resolve(), out_dir)):
+                raise InputError(f"--out {out}: inside the input folder {p} (or contains it): choose another")
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputError(f"{p}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found.append(p)
+        elif p.is_symlink():
+            raise InputError(f"{p}: broken link")
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not found:
+        raise InputError("no images found in " + ", ".join(map(str, inputs)))
+    return found
+
+
+def output_stems(files: list[Path]) -> list[str]:
+    """A unique output stem per file: `name`, then `name_1`, `name_2` for repeated names."""
+    seen: dict[str, int] = {}
+    stems = []
+    for f in files:
+        stems.append(f.stem if f.stem not in seen else f"{f.stem}_{seen[f.stem]}")
+        seen[f.stem] = seen.get(f.stem, 0) + 1
+    return stems
+
+
+def predict_files(
+    pipe: Diff2in1Pipeline,
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    processing_resolution: int | None = None,
+    resize_mode: str | None = None,
+    ensemble_size: int = 1,
+    batch_size: int = 1,
+    seed: int = 0,
+    skip_bad_files: bool = False,
+    progress: bool = True,
+) -> PredictResult:
+    """Predict every image under `inputs` into `out` (see the module docstring for the files).
+
+    Each image's result depends only on the image and the settings, not on its place in the list.
+    With `skip_bad_files`, a file that cannot be read is listed in `skipped` instead of stopping the
+    run. Under a launcher with N processes, process r takes every N-th image.
+    """
+    from ..distributed import rank_world
+
+    rank, world = rank_world()
+    files = collect_images(inputs, out)
+    stems = output_stems(files)
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    proc = pipe.image_processor
+    result = PredictResult()
+    mine = list(range(rank, len(files), world))
+    bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not progress)
+    for start in range(0, len(mine), batch_size):
+        chunk, images = [], []
+        for i in mine[start : start + batch_size]:
+            try:
+                images += proc.load(files[i])
+                chunk.append(i)
+            except InputError as e:
+                if not skip_bad_files:
+                    raise
+                result.skipped.append((files[i], str(e)))
+        if images:
+            pred = pipe(
+                images,
+                processing_resolution=processing_resolution,
+                resize_mode=resize_mode,
+                ensemble_size=ensemble_size,
+                batch_size=batch_size,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="np",
+                show_progress_bar=False,
+            )
+            for j, i in enumerate(chunk):
+                normal, kappa = np.asarray(pred.normals[j]), np.asarray(pred.kappa[j])[..., 0]
+                if not (np.isfinite(normal).all() and np.isfinite(kappa).all()):
+                    raise InputError(
+                        f"{files[i]}: the prediction is not finite (NaN): check the head's weights"
+                    )
+                write_prediction(pipe, out_dir, stems[i], normal, kappa)
+                result.written.append(files[i])
+        bar.update(len(mine[start : start + batch_size]))
+    bar.close()
+    return result
+
+
+def write_prediction(
+    pipe: Diff2in1Pipeline, out_dir: Path, stem: str, normal: np.ndarray, kappa: np.ndarray
+) -> None:
+    """normal (H, W, 3), kappa (H, W) -> the five files of the module docstring, each atomically."""
+    from ..viz import save_png
+
+    proc = pipe.image_processor
+    save_png(proc.visualize_normals(normal)[0], out_dir / f"{stem}_normal.png")
+    proc.export_normals_16bit_png(normal, out_dir / f"{stem}_normal16.png")
+    proc.export_npy(normal.astype(np.float32), out_dir / f"{stem}_normal.npy")
+    proc.export_npy(kappa.astype(np.float32), out_dir / f"{stem}_kappa.npy")
+    save_png(proc.visualize_uncertainty(kappa)[0], out_dir / f"{stem}_uncertainty.png")

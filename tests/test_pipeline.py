@@ -174,7 +174,7 @@ def test_create_steps_ddim_scheduler_over_the_method_timesteps(pipe):
 
 
 def test_create_matches_the_hand_written_ddim_formula(pipe, scenes_backbone):
-    """diffusers' step is DDIM: x0 = (x - sqrt(1-a_t) eps) / sqrt(a_t), then sqrt(a_prev) x0 + sqrt(1-a_prev) eps."""
+    """diffusers' step is eta-0 DDIM: x0 = (x - sqrt(1-a_t) eps) / sqrt(a_t); sqrt(a_prev) x0 + ... eps."""
     bb = scenes_backbone
     z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     cond = bb.embed(["a room"])

@@ -58,7 +58,15 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # `bench_baseline` is a sibling module, imported by name
     sys.path.insert(0, _HERE)
 
-STAGES = ("taps", "warmup_step", "warmup_step_cached", "predict", "create_sample", "self_improve_step")
+STAGES = (
+    "taps",
+    "warmup_step",
+    "warmup_step_cached",
+    "predict",
+    "predict_ensemble4",
+    "create_sample",
+    "self_improve_step",
+)
 HEAD_STAGES = ("head_warmup_step", "head_predict")
 BASELINE_STAGES = ("warmup_step", "predict", "head_warmup_step", "head_predict")
 LABELS = {
@@ -66,6 +74,7 @@ LABELS = {
     "warmup_step": "warm-up training step",
     "warmup_step_cached": "  same, VAE posterior cached",
     "predict": "prediction",
+    "predict_ensemble4": "  same, ensemble_size=4",
     "create_sample": "created sample",
     "self_improve_step": "self-improving step",
     "head_warmup_step": "  head only: warm-up step",
@@ -543,6 +552,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     # (3) prediction
     predictor = NormalPredictor(backbone, head, (res, res), seed=0, autocast_dtype=amp)
     run("predict", lambda i: predictor(images))
+    # (3b) the pipeline's ensemble: 4 noise draws, 2 of them on the flipped image (2 VAE encodes)
+    run("predict_ensemble4", lambda i: predictor.pipe.predict_model_space(images, seed=0, ensemble_size=4))
 
     # (4) one created sample, `--steps` DDIM steps; extrapolated to `--full-steps`
     ccfg = CreateConfig(steps=args.steps, mixed_precision=args.dtype if amp is not None else "no")
@@ -668,6 +679,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "warmup_step": flops["vae_encode"] + flops["unet_forward"] + flops["head_train_fwd_bwd"],
         "warmup_step_cached": flops["unet_forward"] + flops["head_train_fwd_bwd"],
         "predict": flops["vae_encode"] + flops["unet_forward"] + flops["head_eval"],
+        "predict_ensemble4": 2 * flops["vae_encode"] + 4 * (flops["unet_forward"] + flops["head_eval"]),
         "create_sample": flops["vae_encode"]
         + args.full_steps * flops["unet_forward"]
         + flops["vae_decode"]

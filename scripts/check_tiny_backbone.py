@@ -2,9 +2,9 @@
 
 Prints
 - VAE reconstruction PSNR (posterior mean, decoded) over `--n` held-out scenes;
-- for `--rows` of them: PSNR vs the source of the image made by SPEC 7's generation (encode,
-  noise to t=600, 50-step DDIM with the scene's caption, guidance 1, decode), next to two
-  baselines: the noised latent x_600 decoded directly, and a different held-out scene;
+- for `--rows` of them: PSNR vs the source of the image made by the generation of docs/method.md
+  section 7 (encode, noise to t=600, 50-step DDIM with the scene's caption, guidance 1, decode), next
+  to two baselines: the noised latent x_600 decoded directly, and a different held-out scene;
 and writes a picture grid to `--out`: one row per scene, columns
 original | VAE reconstruction | re-noised to t=600 + DDIM, decoded.
 

@@ -4,7 +4,10 @@ from pathlib import Path
 
 from diff2in1.config import CreateConfig, SelfImproveConfig, WarmupConfig, default_yaml
 
-HEAD = "# Defaults of `diff2in1 {cmd}` (SPEC {spec}). Copy, edit, pass with --config; flags override it.\n"
+HEAD = (
+    "# Defaults of `diff2in1 {cmd}` (docs/method.md section {spec}).\n"
+    "# Copy, edit, pass with --config; flags override it.\n"
+)
 OUT = Path(__file__).resolve().parents[1] / "src" / "diff2in1" / "configs"
 
 for name, cls, cmd, spec in (

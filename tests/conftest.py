@@ -33,7 +33,8 @@ def tiny_folder(tmp_path_factory, tiny_backbone):
 
 @pytest.fixture(scope="session")
 def scenes_root(tmp_path_factory):
-    """A tiny procedural dataset in the SPEC 5 layout (8 train / 3 test scenes at 64x64)."""
+    """A tiny procedural dataset in the data layout of docs/method.md section 5 (8 train / 3 test
+    scenes at 64x64)."""
     from diff2in1.data.scenes import make_scenes
 
     root = tmp_path_factory.mktemp("scenes")

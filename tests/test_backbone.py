@@ -13,7 +13,7 @@ from diff2in1.errors import InputError
 from diff2in1.taps import GROUPS, tap_layout
 from diff2in1.tokenizer import clip_tokenizer
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "feature_map.json"
+REF = Path(__file__).resolve().parent / "data" / "reference" / "feature_map.json"  # the research tap map
 
 
 def test_tokenizer_gives_standard_clip_ids():
@@ -47,13 +47,12 @@ def test_sd15_taps_without_running():
     assert len(layout) == 25
     assert bb.tap_channels == {"low": 7680, "mid": 7040, "high": 4160, "highest": 2560}
     size = {"low": 8, "mid": 16, "high": 32, "highest": 64}
-    if REF.exists():
-        ref = json.loads(REF.read_text())["features"]
-        for tap, r in zip(layout, ref, strict=True):
-            assert tap.path in r["equivalent_paths"]
-            assert tap.group == r["group"]
-            assert [1, tap.channels, 64 // tap.scale, 64 // tap.scale] == r["shape"]
-            assert size[tap.group] == 64 // tap.scale
+    ref = json.loads(REF.read_text())["features"]
+    for tap, r in zip(layout, ref, strict=True):
+        assert tap.path in r["equivalent_paths"]
+        assert tap.group == r["group"]
+        assert [1, tap.channels, 64 // tap.scale, 64 // tap.scale] == r["shape"]
+        assert size[tap.group] == 64 // tap.scale
     assert sum(p.numel() for p in bb.unet.parameters()) == 859_520_964
 
 

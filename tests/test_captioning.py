@@ -11,7 +11,7 @@ from diff2in1.data.imageio import save_png, save_text
 from diff2in1.data.layout import sample_paths
 from diff2in1.errors import InputError
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["a", "cat", "dog", "on", "the", "mat", "red", "blue"]
 
 
@@ -28,12 +28,12 @@ def blip_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_blip")
     vocab_file = out / "vocab.txt"
-    vocab_file.write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
+    vocab_file.write_text("\n".join(RESERVED_TOKENS + WORDS) + "\n", encoding="utf-8")
     tok = BertTokenizer(vocab=str(vocab_file))
     vocab = tok.get_vocab()
-    assert all(t in vocab for t in SPECIALS)
+    assert all(t in vocab for t in RESERVED_TOKENS)
     text = dict(
-        vocab_size=len(SPECIALS) + len(WORDS),
+        vocab_size=len(RESERVED_TOKENS) + len(WORDS),
         hidden_size=32,
         encoder_hidden_size=32,
         intermediate_size=64,

@@ -1,4 +1,4 @@
-"""Dataset layout (SPEC 5): writing, reading, pairing by stem, validation errors."""
+"""Dataset layout (docs/method.md section 5): writing, reading, pairing by stem, validation errors."""
 
 from __future__ import annotations
 

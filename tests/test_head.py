@@ -288,7 +288,8 @@ def test_config_json_round_trip_and_validation():
 
 
 def test_fusion_wiring_follows_spec():
-    """SPEC 3 literally: resize each group first, then project; check every output f4..f0."""
+    """docs/method.md section 3 literally: resize each group first, then project; check every
+    output f4..f0."""
     torch.manual_seed(0)
     fus = tiny_head().fusion.eval()
     feats = make_feats(2, square((8, 16)))
@@ -319,7 +320,8 @@ def test_fusion_wiring_follows_spec():
 
 
 def test_decoder_eval_wiring_follows_spec():
-    """Dense eval path against a literal SPEC 3 re-computation from the module's own layers."""
+    """Dense eval path against a literal docs/method.md section 3 re-computation from the
+    module's own layers."""
     torch.manual_seed(0)
     dec = tiny_head().decoder.eval()
     skips = tuple(

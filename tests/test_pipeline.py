@@ -317,3 +317,19 @@ def test_export_pipeline_cli(tmp_path, small_head_dir, capsys):
         main(["export-pipeline", "--backbone", "tiny", "--head", str(small_head_dir), "--out", str(out)]) == 2
     )
     assert "exists" in capsys.readouterr().err
+
+
+def test_bf16_pipeline_keeps_a_float32_head_and_stays_close(saved):
+    from diff2in1.inference.pipeline import load_pipeline
+
+    fp32 = load_pipeline(saved)
+    bf16 = load_pipeline(saved, dtype=torch.bfloat16)
+    assert bf16.unet.dtype == bf16.vae.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.head.parameters())
+    a = fp32(photo(), show_progress_bar=False).normals
+    b = bf16(photo(), show_progress_bar=False).normals
+    assert b.dtype == np.float32
+    angle = np.degrees(np.arccos(np.clip((a * b).sum(-1), -1, 1)))
+    assert 0 < angle.mean() < 5, angle.mean()
+    with pytest.raises(InputError, match="not a pipeline folder"):
+        load_pipeline(saved / "head")

@@ -18,10 +18,7 @@ from diff2in1.heads.research_import import (
     rename_keys,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.is_dir():  # checkouts elsewhere: fall back to the shared folder of this workspace
-    REFERENCE = Path("/work/shared/reference")
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason="research layout JSON not available")
+REFERENCE = Path(__file__).resolve().parent / "data" / "parity"  # the research checkpoints' key layouts
 
 # Reference width -> small width, applied to every dimension of every recorded shape. Consistent
 # sums (e.g. 2224 = 2048 + 176 -> 48 = 32 + 16) keep the small layout a valid research model.

@@ -1,5 +1,6 @@
 """Stable Diffusion v1.x backbone: loading (folder / single file / preset), encode, decode,
-caption embedding, forward noising, feature taps and a DDIM sampler (SPEC 1, 2 and 7).
+caption embedding, forward noising, feature taps and a DDIM sampler
+(docs/method.md sections 1, 2 and 7).
 
 Everything loads offline: model configs and the CLIP tokenizer ship inside the package.
 """
@@ -42,7 +43,7 @@ def scaled_linear_alphas_cumprod(
 def ddim_timesteps(t_start: int = 600, steps: int = 50) -> list[int]:
     """Descending DDIM timesteps over [0, t_start): stride t_start // steps, offset +1.
 
-    (600, 50) -> 589, 577, ..., 13, 1 (SPEC 7).
+    (600, 50) -> 589, 577, ..., 13, 1 (docs/method.md section 7).
     """
     if not 0 < steps <= t_start:
         raise ValueError(f"need 0 < steps <= t_start, got steps={steps}, t_start={t_start}")
@@ -273,7 +274,8 @@ class Backbone(nn.Module):
         seeds: list[int] | None = None,
         posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TapFeatures:
-        """SPEC 2 perception features: encode, noise to t=0, one UNet pass with the empty caption.
+        """Perception features (docs/method.md section 2): encode, noise to t=0, one UNet pass with the
+        empty caption.
 
         Randomness (posterior sample, t=0 noise) comes from `generator`, or, with `seeds`, from
         one seed per image, so an image's features do not depend on how it was batched.
@@ -302,7 +304,7 @@ class Backbone(nn.Module):
         progress: bool = False,
         callback: Callable[[int, int], None] | None = None,
     ) -> DDIMResult:
-        """Deterministic DDIM (eta 0) from a latent noised to `t_start` (SPEC 7).
+        """Deterministic DDIM (eta 0) from a latent noised to `t_start` (docs/method.md section 7).
 
         `latents` (B, 4, h, w) is x_{t_start} (see `q_sample`); `cond` (B, 77, D) the caption
         embeddings. With guidance > 1, classifier-free guidance uses `uncond` (default: the

@@ -18,7 +18,7 @@ from .errors import InputError
 
 @dataclass
 class TrainConfig:
-    """Settings shared by both training stages (SPEC 6 and 8 defaults)."""
+    """Settings shared by both training stages (defaults of docs/method.md sections 6 and 8)."""
 
     data: str = ""
     backbone: str = ""
@@ -34,7 +34,7 @@ class TrainConfig:
     loss: str = "ug_nll"  # ug_nll | angular | l2
     mixed_precision: str = "no"  # no | bf16 | fp16 (autocast of backbone and head)
     grad_accum: int = 1
-    sample_posterior: bool = True  # SPEC 1: the research code samples the VAE posterior
+    sample_posterior: bool = True  # the research code samples the VAE posterior (docs/method.md section 1)
     posterior_cache: bool = True  # keep each image's VAE posterior in memory (same results, no encoder)
     feature_cache: str = "none"  # none | memory | disk: reuse each image's taps across epochs (warm-up)
     skip_bad_samples: bool = False  # leave out unreadable / unpaired samples (listed) instead of failing
@@ -45,14 +45,14 @@ class TrainConfig:
 
 @dataclass
 class WarmupConfig(TrainConfig):
-    """Stage 1: warm-up of the head on labelled data (SPEC 6)."""
+    """Stage 1: warm-up of the head on labelled data (docs/method.md section 6)."""
 
     head: str = "reference"  # reference | small | a head folder to start from
 
 
 @dataclass
 class SelfImproveConfig(TrainConfig):
-    """Stage 2: self-improving learning (SPEC 8)."""
+    """Stage 2: self-improving learning (docs/method.md section 8)."""
 
     synthetic: list[str] = field(default_factory=list)
     init: str = ""  # warm-up head folder: start of both the creation and exploitation copies
@@ -64,7 +64,7 @@ class SelfImproveConfig(TrainConfig):
 
 @dataclass
 class CreateConfig:
-    """Synthetic multi-modal data creation (SPEC 7)."""
+    """Synthetic multi-modal data creation (docs/method.md section 7)."""
 
     data: str = ""
     backbone: str = ""

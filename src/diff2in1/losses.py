@@ -1,4 +1,4 @@
-"""Losses for the normal head (SPEC 4). Pure functions.
+"""Losses for the normal head (docs/method.md section 4). Pure functions.
 
 cos is the cosine similarity of prediction and ground truth (both normalised, as the research loss
 computes it; the same as the inner product for unit vectors). A pixel counts when its mask is set
@@ -87,7 +87,7 @@ def pixel_loss(pred: Tensor, gt: Tensor, mask: Tensor, kind: str = "ug_nll") -> 
 
 
 def head_loss(output: HeadOutput, gt_normal: Tensor, gt_mask: Tensor, kind: str = "ug_nll") -> Tensor:
-    """Sum of the per-output means (SPEC 4).
+    """Sum of the per-output means (docs/method.md section 4).
 
     gt_normal (B, 3, H, W), gt_mask (B, 1, H, W) or (B, H, W), True = valid.
     Training output: the 1/8 output upsampled (bilinear, align_corners True) to the ground-truth size

@@ -1,4 +1,5 @@
-"""Surface-normal metrics (SPEC 9): angular error in degrees, pooled over all valid pixels.
+"""Surface-normal metrics (docs/method.md section 9): angular error in degrees, pooled over all
+valid pixels.
 
 Functions accept numpy arrays or torch tensors. Errors are computed in float64 with exact pi and
 kept as float32 (ample for degrees); the pooled median is exact.

@@ -1,4 +1,5 @@
-"""The 25 UNet feature taps of SPEC 2, as forward hooks owned by a `FeatureTaps` object.
+"""The 25 UNet feature taps of docs/method.md section 2, as forward hooks owned by a
+`FeatureTaps` object.
 
 No global state: each `FeatureTaps` holds its own hooks and its own buffer of captured maps,
 and only captures inside `with taps.capture():`, so plain UNet calls (DDIM steps whose
@@ -60,7 +61,8 @@ class TapFeatures:
 
 
 def tap_layout(unet_config: dict) -> list[Tap]:
-    """The SPEC 2 tap list for a UNet2DConditionModel config (any 4-level UNet).
+    """The tap list of docs/method.md section 2 for a UNet2DConditionModel config (any 4-level
+    UNet).
 
     Input side: conv_in, every layer of every down block (its attention if it has one, else
     its resnet), every downsampler; the middle block; output side: every layer of every up

@@ -33,9 +33,10 @@ def normal_to_rgb(normal: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
 def expected_angular_error(kappa: np.ndarray) -> np.ndarray:
     """Expected angle (radians) between prediction and truth under the head's angular vMF.
 
-    The loss of SPEC 4 is the negative log of p(theta) ~ exp(-kappa * theta) on the sphere;
-    its mean angle is pi e^{-k pi} / (1 + e^{-k pi}) + 2k / (k^2 + 1): pi/2 for k -> 0 and
-    about 2/k for large k. This turns kappa into an uncertainty a person can read (degrees).
+    The loss of docs/method.md section 4 is the negative log of p(theta) ~ exp(-kappa * theta)
+    on the sphere; its mean angle (section 10) is pi e^{-k pi} / (1 + e^{-k pi}) + 2k / (k^2 + 1):
+    pi/2 for k -> 0 and about 2/k for large k. This turns kappa into an uncertainty a person can
+    read (degrees).
     """
     k = np.asarray(kappa, np.float64)
     e = np.exp(-np.minimum(k * math.pi, 700.0))

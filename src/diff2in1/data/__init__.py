@@ -1,4 +1,6 @@
-"""Data: the SPEC 5 dataset layout, a torch Dataset over it, and procedural test scenes."""
+"""Data: the dataset layout of docs/method.md section 5, a torch Dataset over it, and procedural
+test scenes.
+"""
 
 from diff2in1.data.dataset import NormalsDataset
 from diff2in1.data.layout import (

@@ -1,4 +1,5 @@
-"""torch Dataset over the SPEC 5 layout (`<root>/<split>/{img,norm,caption}/<id>.*`).
+"""torch Dataset over the data layout of docs/method.md section 5
+(`<root>/<split>/{img,norm,caption}/<id>.*`).
 
 Samples pair by identical file stem, never by zipping sorted lists. Construction is cheap and
 strict: it checks that files exist and reads image headers (size/mode), so a broken dataset fails

@@ -1,4 +1,4 @@
-"""One sample in the dataset layout of SPEC section 5.
+"""One sample in the dataset layout of docs/method.md section 5.
 
 ```
 <root>/<split>/img/<id>.png        8-bit RGB image

@@ -1,4 +1,5 @@
-"""`diff2in1 merge`: one SPEC 5 folder from an original dataset and synthetic ones.
+"""`diff2in1 merge`: one folder in the data layout of docs/method.md section 5 from an original
+dataset and synthetic ones.
 
 Training never needs this (the self-improving stage reads the folders as they are); it is for
 people who want a single folder, as the research code's hand-merged `nyu_nyu_T600`.

@@ -627,7 +627,8 @@ def make_scenes(
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Write a procedural dataset in the SPEC 5 layout (img, norm, norm_npy, caption; train/test).
+    """Write a procedural dataset in the data layout of docs/method.md section 5
+    (img, norm, norm_npy, caption; train/test).
 
     Resumable: a sample whose files all exist is skipped. Returns {"written": n, "skipped": n}.
     """

@@ -1,4 +1,4 @@
-"""The perception head: feature fusion + Bae decoder (SPEC 3)."""
+"""The perception head: feature fusion + Bae decoder (docs/method.md section 3)."""
 
 from .fusion import FeatureGroups
 from .normal_head import HeadConfig, HeadOutput, NormalHead

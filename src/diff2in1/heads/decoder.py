@@ -1,4 +1,5 @@
-"""Bae et al. (2021) normal decoder, "GN" variant, with uncertainty-guided point refinement (SPEC 3).
+"""Bae et al. (2021) normal decoder, "GN" variant, with uncertainty-guided point refinement
+(docs/method.md section 3).
 
 Inputs f4..f0 at 1/32 .. 1/2 of the image. Outputs are 4-channel maps [unit xyz, kappa].
 Training refines N = int(ratio * H * W) points per scale, chosen by `sample_point_indices`;

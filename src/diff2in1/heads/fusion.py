@@ -1,4 +1,5 @@
-"""Feature fusion (the research code's `SNmodule`, SPEC 3): four tap groups -> f4, f3, f2, f1, f0.
+"""Feature fusion (the research code's `SNmodule`, docs/method.md section 3): four tap groups ->
+f4, f3, f2, f1, f0.
 
 L = latent size. Output sizes: f4 at L/4, f3 at L/2, f2 at L, f1 at 2L, f0 at 4L, i.e. 1/32 .. 1/2 of
 the image, which is what the Bae decoder expects. Tail (docs/method.md section 3):
@@ -28,7 +29,8 @@ class FeatureGroups(Protocol):
 
 
 def resize(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
-    """Bilinear, align_corners False (SPEC 3 "resize"); a no-op at the same size."""
+    """Bilinear, align_corners False ("resize" in the notation of docs/method.md); a no-op at the
+    same size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
@@ -98,8 +100,9 @@ class FeatureFusion(nn.Module):
 
     def forward(self, feats: FeatureGroups) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         mid_size, high_size, top_size = feats.mid.shape[-2:], feats.high.shape[-2:], feats.highest.shape[-2:]
-        # SPEC: resize each group to the next size, then 1x1 conv (no bias). A bias-free 1x1 conv
-        # and a bilinear resize commute exactly, so project first: same math, far fewer FLOPs.
+        # docs/method.md section 3: resize each group to the next size, then 1x1 conv (no bias). A
+        # bias-free 1x1 conv and a bilinear resize commute exactly, so project first: same math,
+        # far fewer FLOPs.
         f4 = resize(self.low_proj(feats.low), mid_size)  # (B, f4, L/4)
         m = resize(self.mid_proj(feats.mid), high_size)  # (B, f3, L/2)
         f3 = self.mid_block(torch.cat([resize(f4, high_size), m], 1))  # (B, f3, L/2)
@@ -109,7 +112,8 @@ class FeatureFusion(nn.Module):
         g = self.highest_block(torch.cat([f2, e], 1))  # (B, g, L)
         g0 = F.relu(self.bn0(g))
         # The research code returns this map under the name "before_relu", but its in-place ReLU
-        # overwrites that very tensor: both the decoder and f0 receive the *activated* f1 (SPEC 3).
+        # overwrites that very tensor: both the decoder and f0 receive the *activated* f1
+        # (docs/method.md section 3).
         f1 = F.relu(self.bn1(self.up1(g0)))  # (B, f1, 2L)
         f0 = self.bn2(self.up2(torch.cat([f1, resize(g0, f1.shape[-2:])], 1)))  # (B, f0, 4L), no ReLU
         return f4, f3, f2, f1, f0

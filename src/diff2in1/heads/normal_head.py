@@ -1,4 +1,6 @@
-"""The perception head: feature fusion + Bae decoder -> per-pixel unit normal and kappa (SPEC 3)."""
+"""The perception head: feature fusion + Bae decoder -> per-pixel unit normal and kappa
+(docs/method.md section 3).
+"""
 
 from __future__ import annotations
 
@@ -239,7 +241,7 @@ class NormalHead(ModelMixin, ConfigMixin):
 
         Our own loader rather than diffusers': it checks keys and shapes into one-line errors, accepts
         the older `model.safetensors` name, and never reaches for a hub. `kwargs` from
-        `DiffusionPipeline.from_pretrained` are accepted; only `torch_dtype` and `subfolder` are used.
+        `DiffusionPipeline.from_pretrained` are accepted; only `subfolder` is used.
         """
         folder = Path(directory)
         if kwargs.get("subfolder"):
@@ -267,11 +269,9 @@ class NormalHead(ModelMixin, ConfigMixin):
             raise InputError(f"{w_path}: not a readable safetensors file ({detail})") from None
         expected = model.state_dict()
         check_state_dict(expected, state, w_path)
-        dtype = kwargs.get("torch_dtype") or None
-        state = {
-            k: v.to(dtype if dtype is not None and v.is_floating_point() else expected[k].dtype)
-            for k, v in state.items()
-        }
+        # The head stays float32 whatever `torch_dtype` a pipeline load asks for: it is small, trains
+        # with float32 master weights, and runs under autocast next to a bf16/fp16 backbone.
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
         model.load_state_dict(state, strict=True, assign=True)
         model.eval()
         return realign_(model.to(device))  # after the move: a move already copies

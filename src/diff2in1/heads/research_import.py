@@ -1,4 +1,4 @@
-"""Import the released research checkpoints into a `NormalHead` (SPEC 3).
+"""Import the released research checkpoints into a `NormalHead` (docs/method.md section 3).
 
 Per epoch the research code saves two plain state_dict files: `checkpoint_<epoch>.pth` (the
 `SNmodule` fusion, 121 keys) and `checkpoint_bae_<epoch>.pth` (the Bae `Decoder`, 60 keys).

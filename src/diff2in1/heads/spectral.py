@@ -1,4 +1,4 @@
-"""Spectrally normalised conv, the research variant (SPEC 3).
+"""Spectrally normalised conv, the research variant (docs/method.md section 3).
 
 One power iteration per forward in both modes, starting from the stored buffer `u0`:
     v = normalize(u0 W),  u' = normalize(v W^T),  sigma = v W^T u'^T,  conv uses W / sigma,

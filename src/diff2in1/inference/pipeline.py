@@ -402,7 +402,7 @@ def load_pipeline(
                 f"{pipeline}/model_index.json: not a diff2in1 pipeline (no {', '.join(missing)})"
             )
         try:
-            pipe = Diff2in1Pipeline.from_pretrained(pipeline, local_files_only=True)
+            pipe = Diff2in1Pipeline.from_pretrained(pipeline, local_files_only=True, dtype=dtype)
         except InputError:
             raise
         except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
@@ -413,9 +413,6 @@ def load_pipeline(
         raise InputError("give a pipeline folder, or both --backbone and --head")
     else:
         return Diff2in1Pipeline.from_backbone(backbone, head, device=device, dtype=dtype)
-    for m in (pipe.vae, pipe.unet, pipe.text_encoder):
-        if m.dtype != dtype:
-            m.to(dtype)
     return pipe
 
 

@@ -1,11 +1,13 @@
-"""Synthetic multi-modal data creation (SPEC 7): new RGB + normal pairs from training images.
+"""Synthetic multi-modal data creation (docs/method.md section 7): new RGB + normal pairs from
+training images.
 
 For each (source image, k < samples_per_image): encode, noise to `t_start`, DDIM-denoise
 with the image's caption, decode the new RGB; the head (creation parameters) reads the taps
 of the last denoising step for the new normal map and kappa. Every random draw of a sample is
 seeded by (seed, source index, k), so the data do not depend on batching, sharding or resuming.
 
-Output: a dataset in the SPEC 5 layout (`<out>/train/{img,norm,norm_npy,kappa,caption}`), one
+Output: a dataset in the data layout of docs/method.md section 5
+(`<out>/train/{img,norm,norm_npy,kappa,caption}`), one
 `<out>/meta/<id>.json` per sample (written last: a sample is done iff it exists), and
 `<out>/manifest.jsonl` gathered from them at the end.
 """
@@ -83,8 +85,8 @@ def create_batch(
     seeds: list[int],
     cfg: CreateConfig,
 ) -> dict[str, torch.Tensor]:
-    """One batch of SPEC 7. images (B, 3, H, W) in [-1, 1] -> dict of rgb (B, 3, H, W) in
-    [-1, 1], normal (B, 3, H, W), kappa (B, 1, H, W)."""
+    """One batch of docs/method.md section 7. images (B, 3, H, W) in [-1, 1] -> dict of rgb
+    (B, 3, H, W) in [-1, 1], normal (B, 3, H, W), kappa (B, 1, H, W)."""
     dev = backbone.device
     amp = autocast_dtype(cfg.mixed_precision)
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):

@@ -240,7 +240,8 @@ def _report(cfg: DemoConfig, metrics: dict, times: dict, figures: dict, warm: di
         "",
         "## Surface-normal metrics on the test scenes",
         "",
-        "Angles in degrees, thresholds in % of valid pixels, pooled over all valid test pixels (SPEC 9).",
+        "Angles in degrees, thresholds in % of valid pixels, pooled over all valid test pixels"
+        " (docs/method.md section 9).",
         "",
         format_table(metrics),
         "",

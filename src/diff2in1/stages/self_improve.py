@@ -1,4 +1,5 @@
-"""Stage 2 (SPEC 8): self-improving learning with a creation and an exploitation head.
+"""Stage 2 (docs/method.md section 8): self-improving learning with a creation and an
+exploitation head.
 
 Exploitation (E) trains on original (ground truth) + synthetic samples, whose targets are the
 creation head's (C) predictions on the synthetic image, made without gradient. C follows E by

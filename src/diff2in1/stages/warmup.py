@@ -90,7 +90,7 @@ def make_caches(cfg, run: RunDir) -> StepCaches:
 def perception_step(
     backbone: Backbone, head, batch: dict, cfg, step: int, autocast, caches: StepCaches
 ) -> torch.Tensor:
-    """Loss of one labelled batch: features (no grad) -> head -> SPEC 4 loss."""
+    """Loss of one labelled batch: features (no grad) -> head -> loss of docs/method.md section 4."""
     device = backbone.device
     images = batch["image"].to(device, non_blocking=True)
     normal = batch["normal"].to(device, non_blocking=True)

@@ -116,10 +116,14 @@ def test_extra_image_without_normal_is_named(tiny):
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(root / "train" / "img" / "extra.png")
     with pytest.raises(InputError, match="extra"):
         NormalsDataset(root, "train")
-    # An unpaired normal map (no image) is simply not a sample.
+    # An unpaired normal map (no image) is a mistake too (a lost image): named, or skipped and listed.
     (root / "train" / "img" / "extra.png").unlink()
     Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(root / "train" / "norm" / "orphan.png")
-    assert no_warnings_dataset(root, "train").ids == ["a", "b", "c"]
+    with pytest.raises(InputError, match="orphan.png: normal map without an image"):
+        NormalsDataset(root, "train")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        ds = NormalsDataset(root, "train", on_error="skip")
+    assert ds.ids == ["a", "b", "c"] and ds.skipped[0][0] == "orphan"
 
 
 def test_missing_caption_gives_empty_string_and_one_warning(tiny):
@@ -202,7 +206,7 @@ def test_unlabelled_images(tmp_path):
 
 def test_resize_image_bilinear_normals_nearest(tiny):
     root, data = tiny
-    item = no_warnings_dataset(root, "train", size=(12, 5), float_normals=False)[0]
+    item = no_warnings_dataset(root, "train", size=(12, 5), float_normals=False, resize="nearest")[0]
     assert item["image"].shape == (3, 12, 5) and item["normal"].shape == (3, 12, 5)
     png = Image.open(root / "train" / "norm" / "a.png")
     ref = np.asarray(png.resize((5, 12), resample=Image.NEAREST))  # what the reference loader does

@@ -161,7 +161,10 @@ def test_two_processes_self_improve_like_one(valid_data, dense_head, tmp_path, t
     ]
     assert main(["--threads", "1", *args, "--out", str(tmp_path / "one")]) == 0
     torchrun(*args, "--out", str(tmp_path / "two"))
-    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-4)
+    # Adam turns the rounding noise of exactly-zero gradients (a bias before a batch norm) into
+    # full-size steps, so float rounding between batch splits shows at 1e-4 after a few steps; an
+    # unsynchronised batch norm (the bug this guards against) is off by 1.6e-2.
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-3)
     for name in ("exploitation", "creation"):
         assert _relative_gap(tmp_path / "one" / name, tmp_path / "two" / name, dense_head) < 0.01
 

@@ -56,6 +56,11 @@ def test_evaluate_matches_hand_computation(predictor, scenes_root, tmp_path):
     assert len((tmp_path / "per_image.csv").read_text().strip().splitlines()) == 4
     w, h = Image.open(tmp_path / "grid.png").size
     assert w > 5 * 64 and h > 3 * 64
+    calib = json.loads((tmp_path / "calibration.json").read_text())
+    assert sum(b["pixels"] for b in calib["bins"]) == errs.size
+    assert calib["mean_observed"] == pytest.approx(errs.mean(), rel=1e-4)
+    assert result.metrics["calibration_gap"] == pytest.approx(calib["gap"]) and calib["gap"] >= 0
+    assert Image.open(tmp_path / "calibration.png").size[0] > 200
 
 
 def test_predict_keeps_sizes_and_writes_files(tiny_backbone, small_head_dir, tmp_path):

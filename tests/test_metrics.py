@@ -84,3 +84,25 @@ def test_merge_states_equals_single_process():
     assert merged.compute() == single.compute()
     with pytest.raises(ValueError):
         MetricAccumulator().compute()
+
+
+def test_calibration_gap_is_zero_when_the_predicted_error_is_the_observed_one():
+    from diff2in1.metrics import CalibrationAccumulator
+
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(0, 60, 10000)
+    acc = CalibrationAccumulator()
+    acc.add(pred, pred)
+    assert acc.compute()["gap"] == pytest.approx(0, abs=1e-9)
+    over = CalibrationAccumulator()
+    over.add(pred, pred * 2)  # twice as wrong as it claims
+    c = over.compute()
+    assert c["gap"] == pytest.approx(pred.mean(), rel=1e-9) and c["mean_observed"] > c["mean_predicted"]
+    halves = CalibrationAccumulator()
+    halves.add(pred[:5000], pred[:5000] * 2)
+    other = CalibrationAccumulator()
+    other.add(pred[5000:], pred[5000:] * 2)
+    merged = halves.merge(other.state()).compute()  # processes pool (up to float summation order)
+    assert merged["gap"] == pytest.approx(c["gap"], rel=1e-12)
+    assert [b["pixels"] for b in merged["bins"]] == [b["pixels"] for b in c["bins"]]
+    assert sum(b["pixels"] for b in c["bins"]) == pred.size

@@ -283,7 +283,7 @@ def test_predict_cli_bad_files_are_one_line_or_skipped(saved, tmp_path, capsys):
     assert rc == 0 and "skipped" in out and "broken.png" in out
     assert len(list((tmp_path / "o2").glob("*_normal.npy"))) == 9
     rc = main(["predict", str(folder), "--pipeline", str(saved), "--out", str(folder / "preds")])
-    assert rc == 2 and "inside the input folder" in capsys.readouterr().err
+    assert rc == 2 and "lies inside the input" in capsys.readouterr().err
 
 
 def test_evaluate_uses_the_heads_resolution_by_default(saved, scenes_root, tmp_path, capsys):

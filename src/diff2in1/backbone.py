@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -373,30 +374,51 @@ def _build_random(folder: Path, seed: int) -> tuple[AutoencoderKL, UNet2DConditi
     return vae, unet, text, sched
 
 
+def _component_error(where: Path, e: BaseException) -> InputError:
+    """One line for a component that would not load; a pickle refusal says only that."""
+    text = " ".join(str(e).split())
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
+        return InputError(
+            f"{where}: refused: its weights are a pickle that would run code to load "
+            "(only safetensors or plain tensor files are loaded); convert it to safetensors"
+        )
+    first = text.split(". ")[0] if text else type(e).__name__
+    return InputError(f"{where}: cannot load ({type(e).__name__}: {first[:300]})")
+
+
 def _load_folder(folder: Path, dtype: torch.dtype) -> tuple:
     for sub in ("unet", "vae", "text_encoder"):
         if not (folder / sub).is_dir():
             raise InputError(f"{folder}: not a diffusers Stable Diffusion folder (no {sub}/ subfolder)")
-    try:
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, local_files_only=True)
-        unet = UNet2DConditionModel.from_pretrained(
-            folder, subfolder="unet", torch_dtype=dtype, local_files_only=True
-        )
-        text = CLIPTextModel.from_pretrained(
+    loaders = {
+        "vae": lambda: AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", dtype=dtype, local_files_only=True
+        ),
+        "unet": lambda: UNet2DConditionModel.from_pretrained(
+            folder, subfolder="unet", dtype=dtype, local_files_only=True
+        ),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(
             folder / "text_encoder", dtype=dtype, local_files_only=True, use_safetensors=None
-        )
-    except (OSError, ValueError, RuntimeError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{folder}: cannot load the diffusers folder ({msg})") from None
+        ),
+    }
+    models = {}
+    for sub, load in loaders.items():
+        try:
+            models[sub] = load()
+        except Exception as e:  # safetensors, torch and the libraries raise many kinds: name the part
+            raise _component_error(folder / sub, e) from None
     sched_path = folder / "scheduler" / "scheduler_config.json"
     sched = _read_json(sched_path) if sched_path.exists() else {}
     tok_dir = folder / "tokenizer"
-    tokenizer = (
-        CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        if (tok_dir / "vocab.json").exists()
-        else clip_tokenizer()
-    )
-    return vae, unet, text, tokenizer, sched
+    try:
+        tokenizer = (
+            CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            if (tok_dir / "tokenizer_config.json").exists() or (tok_dir / "vocab.json").exists()
+            else clip_tokenizer()
+        )
+    except Exception as e:
+        raise _component_error(tok_dir, e) from None
+    return models["vae"], models["unet"], models["text_encoder"], tokenizer, sched
 
 
 def autocast_dtype(mixed_precision: str) -> torch.dtype | None:

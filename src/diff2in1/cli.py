@@ -34,6 +34,26 @@ def _info(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     """ "512" or "480x640" -> (height, width)."""
     try:
@@ -56,21 +76,31 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--split", help="split to train on (default train)")
     p.add_argument("--resolution", type=_size, help="model input size, e.g. 512 or 480x640 (default 512)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument(
+        "--resize",
+        choices=["research", "nearest"],
+        help="how data reach --resolution: research (default; the research loader's recipe) or nearest",
+    )
+    p.add_argument(
+        "--drop-last",
+        action=argparse.BooleanOptionalAction,
+        help="leave out each epoch's short last batch (default: yes, as the research loader)",
+    )
+    p.add_argument("--epochs", type=_positive_int)
+    p.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--loss", choices=["ug_nll", "angular", "l2"])
-    p.add_argument("--checkpoint-every", type=int, help="keep a head checkpoint every k epochs")
+    p.add_argument("--checkpoint-every", type=_non_negative_int, help="keep a head checkpoint every k epochs")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
-    p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
+    p.add_argument("--grad-accum", type=_positive_int, help="gradient accumulation steps")
     p.add_argument(
         "--feature-cache",
         choices=["none", "memory", "disk"],
         help="reuse each image's taps across epochs (fixes its noise; see README)",
     )
-    p.add_argument("--num-workers", type=int)
+    p.add_argument("--num-workers", type=_non_negative_int)
     p.add_argument(
         "--skip-bad-samples",
         action="store_const",
@@ -105,6 +135,8 @@ TRAIN_KEYS = [
     "device",
     "progress",
     "skip_bad_samples",
+    "resize",
+    "drop_last",
 ]
 
 
@@ -128,6 +160,8 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
         cfg = load_config(WarmupConfig, a.config, **_overrides(a, TRAIN_KEYS + ["head"]))
         _require(cfg, ["data", "backbone", "out"], "train-warmup")
         result = train_warmup(cfg, resume=a.resume)
+        for sample_id, reason in result.skipped:
+            print(f"skipped {sample_id}: {reason}")
         print(f"trained {result.steps} steps; head saved to {result.outputs.get('head')}")
 
     p.set_defaults(func=run)
@@ -141,7 +175,7 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resolution", type=_size, help="model input size (default: the size the head was trained at)"
     )
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the t=0 noise")
     p.add_argument(
@@ -165,15 +199,15 @@ def _predictor(a: argparse.Namespace):
 
 @command(
     "evaluate",
-    "angular-error metrics (mean, median, rmse, % under 11.25/22.5/30 deg), per-image errors, a grid",
+    "angular-error metrics (mean, median, rmse, share under 11.25/22.5/30 deg), per-image errors, a grid",
 )
 def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root (<root>/<split>/{img,norm,caption})")
     p.add_argument("--split", default="test")
     p.add_argument(
-        "--out", help="folder for metrics.json, per_image.csv, grid.png (default: <head>/eval_<split>)"
+        "--out", help="folder for metrics.json, per_image.csv, grid.png (default: <head>_eval_<split>)"
     )
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--limit", type=_non_negative_int, default=0, help="evaluate only the first N images")
     p.add_argument(
         "--skip-bad-samples",
         action="store_true",
@@ -185,11 +219,15 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
+        from .outputs import refuse_overlap
         from .stages.evaluate import evaluate, format_table
 
         # Bad data fails before any model loads.
-        NormalsDataset(a.data, a.split, size=None, on_error="skip" if a.skip_bad_samples else "raise")
-        out = a.out or str(Path(a.head) / f"eval_{a.split}")
+        NormalsDataset(
+            a.data, a.split, size=None, on_error="skip" if a.skip_bad_samples else "raise", captions=False
+        )
+        out = a.out or str(Path(a.head).with_name(f"{Path(a.head).resolve().name}_eval_{a.split}"))
+        refuse_overlap(out, data=a.data, head=a.head, backbone=a.backbone)
         result = evaluate(
             _predictor(a),
             a.data,
@@ -221,8 +259,10 @@ def _predict(p: argparse.ArgumentParser) -> None:
         choices=["squash", "keep_aspect"],
         help="squash to a square as in training (default), or keep the aspect ratio and pad",
     )
-    p.add_argument("--ensemble-size", type=int, default=1, help="noise draws + flips combined (default 1)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument(
+        "--ensemble-size", type=_positive_int, default=1, help="noise draws + flips combined (default 1)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=1)
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--device", default="auto")
     p.add_argument(
@@ -308,9 +348,9 @@ def _convert_research(p: argparse.ArgumentParser) -> None:
 @command("make-scenes", "render procedural indoor scenes with exact normals as a dataset")
 def _make_scenes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--train", type=int, default=200, help="number of training scenes")
-    p.add_argument("--test", type=int, default=50, help="number of test scenes")
-    p.add_argument("--size", type=int, default=128, help="image size (square)")
+    p.add_argument("--train", type=_positive_int, default=200, help="number of training scenes")
+    p.add_argument("--test", type=_non_negative_int, default=50, help="number of test scenes")
+    p.add_argument("--size", type=_positive_int, default=128, help="image size (square)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -332,15 +372,16 @@ def _create_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of settings; flags override it")
     p.add_argument("--split", help="source split (default train)")
     p.add_argument("--resolution", type=_size, help="model size, e.g. 512 (default)")
-    p.add_argument("--samples-per-image", type=int)
-    p.add_argument("--t-start", type=int, help="noise level to start from (default 600)")
-    p.add_argument("--steps", type=int, help="DDIM steps below t-start (default 50)")
+    p.add_argument("--resize", choices=["research", "nearest"], help="how images reach --resolution")
+    p.add_argument("--samples-per-image", type=_positive_int)
+    p.add_argument("--t-start", type=_positive_int, help="noise level to start from (default 600)")
+    p.add_argument("--steps", type=_positive_int, help="DDIM steps below t-start (default 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = none)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--shard", help="i/n: make only this machine's share (each sample exactly once overall)")
-    p.add_argument("--preview", type=int, help="side-by-side pictures of the first N samples")
+    p.add_argument("--preview", type=_non_negative_int, help="side-by-side pictures of the first N samples")
     p.add_argument("--device")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
@@ -355,6 +396,7 @@ def _create_data(p: argparse.ArgumentParser) -> None:
             "out",
             "split",
             "resolution",
+            "resize",
             "samples_per_image",
             "t_start",
             "steps",
@@ -386,10 +428,10 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ema-decay", type=float, help="creation <- decay * creation + (1 - decay) * exploitation"
     )
-    p.add_argument("--ema-every", type=int, help="EMA every k optimizer steps (default 10)")
+    p.add_argument("--ema-every", type=_positive_int, help="EMA every k optimizer steps (default 10)")
     p.add_argument(
         "--recreate-every",
-        type=int,
+        type=_non_negative_int,
         help="re-create the synthetic set with the creation head every k epochs (0 = never)",
     )
 
@@ -429,8 +471,8 @@ def _caption(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--model", help="local folder of a transformers image-to-text model")
     p.add_argument("--split", action="append", help="split(s) to caption (default: every split)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=30)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -447,6 +489,35 @@ def _caption(p: argparse.ArgumentParser) -> None:
             progress=a.progress,
         )
         print(f"wrote {n} caption(s)")
+
+    p.set_defaults(func=run)
+
+
+@command("reproduce", "the whole method with the research recipe in one resumable command (NYUv2)")
+def _reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset root: <root>/{train,test}/{img,norm,caption}")
+    p.add_argument("--backbone", help="SD v1.5 model.ckpt / .safetensors or diffusers folder")
+    p.add_argument("--out", help="folder of the reproduction; run again to continue it")
+    p.add_argument("--config", help="YAML of settings (default: diff2in1/configs/reproduce.yaml, the recipe)")
+    p.add_argument("--caption-model", help="local image-to-text model folder (e.g. BLIP) if captions miss")
+    p.add_argument("--dry-run", action="store_true", help="all stages on a few 64x64 images, in OUT/dry_run")
+    p.add_argument("--plan", action="store_true", help="print each stage's passes, FLOPs, time, memory; exit")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+
+    def run(a: argparse.Namespace) -> None:
+        from .config import ReproduceConfig, load_config
+        from .stages.reproduce import plan, run_reproduce
+
+        keys = ["data", "backbone", "out", "caption_model", "device", "mixed_precision", "progress"]
+        cfg = load_config(ReproduceConfig, a.config, **_overrides(a, keys))
+        if a.plan:
+            print(plan(cfg))
+            return
+        result = run_reproduce(cfg, dry_run=a.dry_run)
+        if result.is_main:
+            print(result.report.read_text())
 
     p.set_defaults(func=run)
 
@@ -475,6 +546,30 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+@command("app", "a local web page: normals of uploaded images, and new image + normal pairs (gradio)")
+def _app(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pipeline", help="pipeline folder (default: the demo weights, see --demo-steps)")
+    p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
+    p.add_argument("--head", help="head folder (with --backbone)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    p.add_argument(
+        "--demo-steps",
+        type=int,
+        default=60,
+        help="with no weights given: train the demo head this many steps first (~30 s on CPU; 0 = untrained)",
+    )
+
+    def run(a: argparse.Namespace) -> None:
+        from .app import serve
+
+        serve(a.pipeline, a.backbone, a.head, a.host, a.port, a.device, a.mixed_precision, a.demo_steps)
+
+    p.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -484,7 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
         "multi-modal data generation (Diff-2-in-1).",
     )
     parser.add_argument("--version", action="version", version=f"diff2in1 {__version__}")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (help_text, add) in COMMANDS.items():
         add(sub.add_parser(name, help=help_text, description=help_text))
@@ -497,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if getattr(args, "progress", True) is False:  # --no-progress: also the libraries' loading bars
+    if args.command:  # the libraries' weight-loading bars say nothing a user needs (ours stay)
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
@@ -512,10 +609,25 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"diff2in1: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file system problem that no check above caught: still one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"diff2in1: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("diff2in1: interrupted (checkpoints written so far are kept; use --resume)", file=sys.stderr)
+        print(f"diff2in1: interrupted ({INTERRUPTED.get(args.command, 'nothing was kept')})", file=sys.stderr)
         return 130
     return 0
+
+
+# What an interrupted command kept and how to go on.
+INTERRUPTED = {
+    "train-warmup": "the last finished step is saved; continue with the same command and --resume",
+    "train-self-improve": "the last finished step is saved; continue with the same command and --resume",
+    "create-data": "finished samples are kept; run the same command again to make the rest",
+    "predict": "pictures written so far are kept; run again to predict all",
+    "demo": "finished stages are kept; run the same command again to continue",
+    "reproduce": "finished stages are kept; run the same command again to continue",
+}
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ class TrainConfig:
     out: str = ""
     split: str = "train"
     resolution: tuple[int, int] = (512, 512)
+    resize: str = "research"  # research | nearest: how data reach `resolution` (docs/method.md section 5)
     seed: int = 42
     lr: float = 3.57e-4
     batch_size: int = 8
+    drop_last: bool = True  # no short last batch (795 images at batch 8: 99 steps per epoch)
     epochs: int = 50
     max_steps: int = 0  # 0 = no limit; stops after this many optimizer steps (quick runs)
     checkpoint_every: int = 5  # keep a head checkpoint every k epochs
@@ -72,6 +74,7 @@ class CreateConfig:
     out: str = ""
     split: str = "train"
     resolution: tuple[int, int] = (512, 512)
+    resize: str = "research"  # research | nearest: how source images reach `resolution`
     samples_per_image: int = 1
     t_start: int = 600
     steps: int = 50
@@ -83,6 +86,64 @@ class CreateConfig:
     preview: int = 8  # side-by-side pictures of the first few samples
     device: str = "auto"
     progress: bool = True
+
+
+# `diff2in1 reproduce` sets these once for every stage (top of reproduce.yaml) ...
+REPRODUCE_SHARED = (
+    "data",
+    "backbone",
+    "out",
+    "resolution",
+    "resize",
+    "seed",
+    "mixed_precision",
+    "device",
+    "progress",
+)
+# ... and these itself, per stage, from the folders of the earlier stages.
+REPRODUCE_SETS = {"warmup": (), "create": ("head",), "self_improve": ("init", "synthetic"), "evaluate": ()}
+
+
+def stage_defaults(cls: type, stage: str) -> dict[str, Any]:
+    from .runs import to_plain
+
+    drop = set(REPRODUCE_SHARED) | set(REPRODUCE_SETS[stage])
+    return {k: v for k, v in to_plain(cls()).items() if k not in drop}
+
+
+@dataclass
+class EvaluateSettings:
+    """Evaluation of a head on the test split (docs/method.md section 9)."""
+
+    split: str = "test"
+    batch_size: int = 4
+    noise_seed: int = 0  # the t=0 noise of the prediction
+    limit: int = 0  # 0 = every image
+
+
+@dataclass
+class ReproduceConfig:
+    """`diff2in1 reproduce`: captions, warm-up, data creation, self-improvement and evaluation of
+    the warm-up, exploitation and creation heads, with the research hyper-parameters
+    (docs/method.md sections 5-9). The stage sections hold each stage's own settings (those of
+    `train-warmup`, `create-data`, `train-self-improve`); what is not given takes that stage's default."""
+
+    data: str = ""
+    backbone: str = ""
+    out: str = ""
+    caption_model: str = ""  # local image-to-text model folder; used only if training captions are missing
+    resolution: tuple[int, int] = (512, 512)
+    resize: str = "research"
+    seed: int = 42
+    mixed_precision: str = "no"
+    device: str = "auto"
+    progress: bool = True
+    warmup: dict[str, Any] = field(default_factory=lambda: stage_defaults(WarmupConfig, "warmup"))
+    create: dict[str, Any] = field(default_factory=lambda: stage_defaults(CreateConfig, "create"))
+    self_improve: dict[str, Any] = field(
+        default_factory=lambda: stage_defaults(SelfImproveConfig, "self_improve")
+    )
+    evaluate: dict[str, Any] = field(default_factory=lambda: stage_defaults(EvaluateSettings, "evaluate"))
 
 
 C = TypeVar("C")
@@ -107,7 +168,11 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
     for k, v in list(values.items()):
         if names[k].type in ("tuple[int, int]",) and isinstance(v, (list, int)):
             values[k] = (v, v) if isinstance(v, int) else tuple(v)
-    return cls(**values)
+    cfg = cls(**values)
+    from .config_check import check_config
+
+    check_config(cfg, path or "flags")
+    return cfg
 
 
 def default_yaml(cls: type) -> str:

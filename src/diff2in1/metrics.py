@@ -104,3 +104,62 @@ class MetricAccumulator:
 
     def compute(self) -> dict[str, float]:
         return normal_metrics(self.state())
+
+
+CALIBRATION_EDGES = (0.0, 2.5, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 180.0)  # degrees
+
+
+class CalibrationAccumulator:
+    """Is the predicted uncertainty right? Pixels are binned by their predicted expected angular
+    error (degrees, from kappa); per bin we keep the pixel count and the sums of predicted and
+    observed error. Sums add up across batches and processes, so the result is exact.
+
+    `compute()`: per bin the mean predicted and mean observed error, and `gap`, the pixel-weighted
+    mean |predicted - observed| over the bins (degrees; 0 = perfectly calibrated).
+    """
+
+    def __init__(self, edges: tuple[float, ...] = CALIBRATION_EDGES) -> None:
+        self.edges = np.asarray(edges, np.float64)
+        n = len(edges) - 1
+        self.count, self.pred_sum, self.obs_sum = np.zeros(n), np.zeros(n), np.zeros(n)
+
+    def add(self, predicted_deg, observed_deg) -> None:
+        """Predicted expected error and observed error (degrees) of the same valid pixels."""
+        p = _to_numpy(predicted_deg).astype(np.float64).ravel()
+        o = _to_numpy(observed_deg).astype(np.float64).ravel()
+        b = np.clip(np.searchsorted(self.edges, p, side="right") - 1, 0, len(self.count) - 1)
+        self.count += np.bincount(b, minlength=len(self.count))
+        self.pred_sum += np.bincount(b, weights=p, minlength=len(self.count))
+        self.obs_sum += np.bincount(b, weights=o, minlength=len(self.count))
+
+    def state(self) -> np.ndarray:
+        return np.stack([self.count, self.pred_sum, self.obs_sum])
+
+    def merge(self, state: np.ndarray) -> CalibrationAccumulator:
+        self.count += state[0]
+        self.pred_sum += state[1]
+        self.obs_sum += state[2]
+        return self
+
+    def compute(self) -> dict:
+        used = self.count > 0
+        n = self.count[used]
+        pred, obs = self.pred_sum[used] / n, self.obs_sum[used] / n
+        total = float(n.sum())
+        return {
+            "bins": [
+                {
+                    "from": float(lo),
+                    "to": float(hi),
+                    "pixels": int(c),
+                    "predicted": float(p),
+                    "observed": float(o),
+                }
+                for lo, hi, c, p, o in zip(
+                    self.edges[:-1][used], self.edges[1:][used], n, pred, obs, strict=True
+                )
+            ],
+            "gap": float((n * np.abs(pred - obs)).sum() / total) if total else float("nan"),
+            "mean_predicted": float(self.pred_sum.sum() / total) if total else float("nan"),
+            "mean_observed": float(self.obs_sum.sum() / total) if total else float("nan"),
+        }

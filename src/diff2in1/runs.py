@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, save_text
+from .atomic import atomic_path, clean_stale_tmp, disk_error, save_text
 from .errors import InputError
 
 
@@ -34,17 +34,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     or the new folder complete (plus a stray `.old`/`.tmp` folder that the next call removes).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
         yield tmp
         if path.exists():
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # a full disk or a read-only folder: one line, the old folder kept
+        raise disk_error(path, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -77,39 +79,71 @@ class RunDir:
         return self.root / "state"
 
     def has_state(self) -> bool:
+        old = self.state_dir.with_name(f".{self.state_dir.name}.old")
+        if not self.state_dir.exists() and (old / "state.json").exists():
+            old.rename(self.state_dir)  # killed between the two renames of a state save: the last one
         return (self.state_dir / "state.json").exists()
+
+    def _is_empty_run(self) -> bool:
+        """A config.yaml but nothing trained and saved: a run that failed before its first save."""
+        return self.config_path.exists() and not self.has_state() and not any(self.root.glob("checkpoints/*"))
 
     def check(self, config: Any, resume: bool) -> None:
         """Refuse, before any work: a new run in a folder that holds one (nothing is overwritten),
-        or a resume with nothing to resume or with changed settings."""
+        or a resume with nothing to resume or with changed settings. Paths are compared resolved
+        (`./data` = `data`), and the run folder's own path is not compared (a moved run resumes)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a folder; choose another --out")
         plain = to_plain(config)
         if resume:
             if not self.config_path.exists():
-                raise InputError(f"{self.root}: nothing to resume (no config.yaml)")
-            saved = yaml.safe_load(self.config_path.read_text())
-            changed = sorted(k for k in plain if k not in _RESUME_FREE and saved.get(k) != plain[k])
+                raise InputError(f"{self.root}: nothing to resume (no config.yaml); run without --resume")
+            if not self.has_state():
+                raise InputError(
+                    f"{self.root}: nothing to resume yet (the run stopped before its first saved state); "
+                    "run the same command without --resume to start it again"
+                )
+            try:
+                saved = yaml.safe_load(self.config_path.read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise InputError(f"{self.config_path}: unreadable ({' '.join(str(e).split())})") from None
+            changed = sorted(
+                k
+                for k in plain
+                if k not in _RESUME_FREE and _comparable(k, saved.get(k)) != _comparable(k, plain[k])
+            )
             if changed:
                 detail = ", ".join(f"{k}: {saved.get(k)!r} -> {plain[k]!r}" for k in changed[:4])
                 raise InputError(f"{self.config_path}: --resume with different settings ({detail})")
-        elif self.config_path.exists():
+        elif self.config_path.exists() and not self._is_empty_run():
             raise InputError(f"{self.root}: already holds a run; use --resume or another --out")
 
     def start(self, config: Any, resume: bool) -> None:
-        """`check`, then write config.yaml for a new run."""
+        """`check`, then write config.yaml for a new run (an earlier run that saved nothing is
+        replaced: its log rows go too, so no step is logged twice); stale temp files are removed."""
         self.check(config, resume)
-        if not resume:
+        try:
             self.root.mkdir(parents=True, exist_ok=True)
-            save_text(self.config_path, yaml.safe_dump(to_plain(config), sort_keys=False))
+            clean_stale_tmp(self.root)
+            if not resume:
+                (self.root / "log.csv").unlink(missing_ok=True)
+                save_text(self.config_path, yaml.safe_dump(to_plain(config), sort_keys=False))
+        except OSError as e:
+            raise disk_error(self.root, e) from None
 
     # ------------------------------------------------------------- training state
     def save_state(self, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> None:
-        """Atomically write named tensor groups (safetensors) + JSON meta as the resume state."""
-        with atomic_dir(self.state_dir) as tmp:
-            for name, sd in tensors.items():
-                save_file(
-                    {k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp / f"{name}.safetensors"
-                )
-            (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        """Atomically write named tensor groups (safetensors) + JSON meta as the resume state.
+        A full disk is an InputError; the previous state then stays as it was."""
+        try:
+            with atomic_dir(self.state_dir) as tmp:
+                for name, sd in tensors.items():
+                    save_file(
+                        {k: v.detach().contiguous().cpu() for k, v in sd.items()}, tmp / f"{name}.safetensors"
+                    )
+                (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+        except OSError as e:
+            raise disk_error(self.state_dir, e) from None
 
     def load_state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         meta = json.loads((self.state_dir / "state.json").read_text())
@@ -123,11 +157,14 @@ class RunDir:
         """Append one row to log.csv (header written with the first row)."""
         path = self.root / "log.csv"
         new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        try:
+            with path.open("a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    w.writeheader()
+                w.writerow(row)
+        except OSError as e:
+            raise disk_error(path, e) from None
 
     def truncate_log(self, global_step: int) -> None:
         """Drop log rows past `global_step` (written after the state a resume restarts from)."""
@@ -144,8 +181,20 @@ class RunDir:
                 w.writerows(keep)
 
 
-# Settings a resumed run may change without changing its result.
-_RESUME_FREE = {"epochs", "max_steps", "num_workers", "progress", "checkpoint_every", "device"}
+# Settings a resumed run may change without changing its result; `out` is the run folder itself.
+_RESUME_FREE = {"epochs", "max_steps", "num_workers", "progress", "checkpoint_every", "device", "out"}
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A setting as compared on resume: paths that exist, resolved (`./x/` = `x`)."""
+    if isinstance(value, list):
+        return [_comparable(key, v) for v in value]
+    if isinstance(value, str) and value and not value.startswith("-"):
+        p = Path(value).expanduser()
+        if p.exists():
+            return str(p.resolve())
+        return value.rstrip("/") or value
+    return value
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -203,3 +203,41 @@ def add_colorbar(rgb: np.ndarray, vmax: float, vmin: float = 0.0, unit: str = "Â
         ty = min(max(y - (b[1] + b[3]) / 2, -b[1]), h - b[3])  # centred on the tick, kept inside
         draw.text((x0 + bar_w + tick + gap // 2, ty), s, fill=(0, 0, 0), font=font)
     return out
+
+
+def reliability_plot(curves: dict[str, dict], size: tuple[int, int] = (420, 420)) -> Image.Image:
+    """Reliability picture: for each named calibration result (`CalibrationAccumulator.compute()`),
+    observed mean angular error against predicted expected error per bin (degrees, both axes
+    labelled), with the diagonal of perfect calibration and the gap in the legend."""
+    w, h = size
+    left, right, top, bottom = 56, 16, 28, 48
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    font = default_font(12)
+    pts = [(b["predicted"], b["observed"]) for c in curves.values() for b in c["bins"]]
+    vmax = max([10.0] + [max(p, o) for p, o in pts])
+    ticks = nice_ticks(vmax * 1.05)
+    vmax = max(ticks[-1], vmax)
+
+    def xy(p: float, o: float) -> tuple[float, float]:
+        return left + p / vmax * (w - left - right), top + (1 - o / vmax) * (h - top - bottom)
+
+    draw.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    for t in ticks:
+        x, y = xy(t, t)
+        draw.line([(x, h - bottom), (x, h - bottom + 4)], fill=(0, 0, 0))
+        draw.text((x - 8, h - bottom + 6), f"{t:g}", fill=(0, 0, 0), font=font)
+        draw.line([(left - 4, y), (left, y)], fill=(0, 0, 0))
+        draw.text((6, y - 7), f"{t:g}", fill=(0, 0, 0), font=font)
+    draw.line([xy(0, 0), xy(vmax, vmax)], fill=(160, 160, 160), width=1)
+    draw.text((left + 40, h - 18), "predicted expected error (deg)", fill=(0, 0, 0), font=font)
+    draw.text((4, 6), "observed mean error (deg)", fill=(0, 0, 0), font=font)
+    for i, (name, c) in enumerate(curves.items()):
+        color = _LINE_COLORS[i % len(_LINE_COLORS)]
+        line = [xy(b["predicted"], b["observed"]) for b in c["bins"]]
+        if len(line) > 1:
+            draw.line(line, fill=color, width=2)
+        for x, y in line:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color)
+        draw.text((left + 8, top + 6 + 15 * i), f"{name} (gap {c['gap']:.1f} deg)", fill=color, font=font)
+    return img

@@ -5,14 +5,17 @@ Samples pair by identical file stem, never by zipping sorted lists. Construction
 strict: it checks that files exist and reads image headers (size/mode), so a broken dataset fails
 before any model is loaded; pixels are decoded only in `__getitem__`.
 
-Resizing (when `size` is given; the research code squashes any aspect to 512x512), two modes:
-- resize="nearest" (default): the image bilinearly with PIL (as Bae et al.'s loader; PIL
-  antialiases when shrinking), the normal map and its mask with nearest neighbour, so an invalid
+Resizing (when `size` is given and differs from the file's size; the research code squashes any
+aspect to 512x512), two modes:
+- resize="research" (default): the Diff-2-in-1 research loader's recipe (docs/method.md
+  section 5), in float64 with one bilinear implementation (`inference.image_processor.resize_image`:
+  OpenCV INTER_LINEAR semantics, half-pixel centres, clamped borders, no antialiasing): image =
+  pixel / 255, resized, x 2 - 1; normal = pixel / 255, resized (NOT renormalised), x 2 - 1; a
+  pixel is valid only where the bilinearly resized 0/1 mask is exactly 1, i.e. where every source
+  pixel it blends is valid (invalid pixels' normals are then set to 0).
+- resize="nearest": the image bilinearly with PIL (as Bae et al.'s loader; PIL antialiases when
+  shrinking, 8-bit result), the normal map and its mask with nearest neighbour, so an invalid
   pixel stays invalid and a valid vector stays a (unit) ground-truth vector, not a blend.
-- resize="research": what the Diff-2-in-1 research loader does with cv2.resize (INTER_LINEAR,
-  half-pixel centres, no antialiasing): image and normals bilinear, normals NOT renormalised, and
-  a pixel is valid only where the bilinearly resized mask is 1, i.e. every source pixel it blends
-  is valid.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from diff2in1.data.imageio import load_rgb, npy_header, png_header
+from diff2in1.data.imageio import load_npy, load_png_rgb_strict, load_rgb, npy_header, png_header
 from diff2in1.data.layout import (
     NORM_DIR,
     FloatNormals,
@@ -37,11 +40,13 @@ from diff2in1.data.layout import (
     read_normal,
     sample_paths,
     split_dir,
+    valid_mask_of,
 )
 from diff2in1.errors import InputError
 
 OnError = Literal["raise", "skip"]
-ResizeMode = Literal["nearest", "research"]
+ResizeMode = Literal["research", "nearest"]
+RESIZE_MODES = ("research", "nearest")
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class _Entry:
     normal_npy: Path | None  # set when the float copy is the source to read
     caption: Path
     has_caption: bool
+    size: tuple[int, int]  # (H, W) of the image file (header)
+    has_valid: bool = True  # at least one valid normal pixel
 
 
 def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -79,23 +86,35 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[nearest_indices(h, size[0])][:, nearest_indices(w, size[1])]
 
 
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`inference.image_processor.resize_image`, the one bilinear resize of the package (imported
+    here on first use: that module imports this package)."""
+    from diff2in1.inference.image_processor import resize_image as resize
+
+    return resize(x, size)
+
+
 def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an HxW[xC] float array like cv2 INTER_LINEAR (half-pixel centres, no antialias)."""
-    if array.shape[:2] == tuple(size):
-        return array.astype(np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    out = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=False)
-    out = out[0, 0] if array.ndim == 2 else out[0].permute(1, 2, 0)
-    return out.numpy()
+    """Bilinear resize of an HxW[xC] array to size=(H, W) in float64: `resize_image` (OpenCV
+    INTER_LINEAR semantics, no antialias) on a numpy array. Same size: a float64 copy."""
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
+    out = resize_image(t, size)
+    return (out[0] if array.ndim == 2 else out.permute(1, 2, 0)).numpy()
 
 
 def resize_normals_research(
     normal: np.ndarray, mask: np.ndarray, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The research loader's normal resize: bilinear, not renormalised; valid where every blended pixel is."""
-    # 1e-6 absorbs float rounding of weights that sum to one.
-    new_mask = resize_bilinear(mask.astype(np.float32), size) >= 1.0 - 1e-6
+    """The research loader's normal resize: bilinear, not renormalised; valid where every blended
+    source pixel is. `normal` in any affine encoding (e.g. pixel / 255): bilinear commutes with it.
+    Returns (float64 HxWx3 with invalid pixels 0, bool HxW)."""
+    # Valid where bilinear(mask) == 1 exactly (the research code's test on cv2.resize), computed as
+    # bilinear(1 - mask) == 0: the same in exact arithmetic, and an all-valid neighbourhood gives
+    # exactly 0 (0 * w), whereas torch's float64 weights can sum to 1 +- 1 ulp at some ratios (cv2's
+    # do not), so `== 1` would drop valid pixels and a tolerance keep pixels that blend an invalid
+    # one. Checked against cv2.resize (INTER_LINEAR, float64): identical masks, also at odd ratios.
+    new_mask = resize_bilinear(1.0 - mask.astype(np.float64), size) == 0.0
     new_normal = resize_bilinear(normal, size)
     new_normal[~new_mask] = 0.0
     return new_normal, new_mask
@@ -114,7 +133,14 @@ class NormalsDataset(Dataset):
             broken samples out, list them in `self.skipped` as (id, reason) and warn once.
         labels: False for unlabelled images (only img [+ caption] needed); normal/mask are then
             zeros/False (targets come from a model, e.g. synthetic data).
-        resize: "nearest" or "research" (see the module docstring).
+        resize: "research" (default, the research loader's recipe) or "nearest" (see the module
+            docstring); used only where `size` differs from a file's size.
+        captions: False where captions are not used (perception, evaluation): they are then
+            neither read nor checked, and items carry "".
+
+    Every file is decoded once at construction, so a truncated or corrupt image, a normal map
+    without an image, an undecodable caption or a data set without a single valid normal pixel
+    fails (or, with on_error="skip", is left out and listed) before any model loads.
 
     Items: dict(image float32 (3,H,W) in [-1,1], normal float32 (3,H,W), mask bool (1,H,W),
     caption str, id str, index int).
@@ -128,12 +154,13 @@ class NormalsDataset(Dataset):
         float_normals: FloatNormals = "auto",
         on_error: OnError = "raise",
         labels: bool = True,
-        resize: ResizeMode = "nearest",
+        resize: ResizeMode = "research",
+        captions: bool = True,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if resize not in ("nearest", "research"):
-            raise InputError(f"resize must be 'nearest' or 'research', got {resize!r}")
+        if resize not in RESIZE_MODES:
+            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
         self.resize = resize
         if float_normals not in ("auto", True, False):
             raise InputError(f"float_normals must be 'auto', True or False, got {float_normals!r}")
@@ -142,6 +169,7 @@ class NormalsDataset(Dataset):
         self.size = _as_size(size)
         self.float_normals = float_normals
         self.labels = labels
+        self.captions = captions
         self.skipped: list[tuple[str, str]] = []
 
         ids = list_ids(root, split)
@@ -155,8 +183,16 @@ class NormalsDataset(Dataset):
                 if on_error == "raise":
                     raise
                 self.skipped.append((sample_id, str(e)))
+        if labels:
+            for orphan in orphan_normals(root, split):
+                reason = f"{split_dir(root, split) / 'norm' / (orphan + '.png')}: normal map without an image"
+                if on_error == "raise":
+                    raise InputError(reason + " (remove it, add the image, or use --skip-bad-samples)")
+                self.skipped.append((orphan, reason))
         self.entries = entries
         where = split_dir(root, split)
+        if labels and entries and not any(e.has_valid for e in entries):
+            raise InputError(f"{where}: no valid normal pixel in any sample (every normal is (0, 0, 0))")
         if self.skipped:
             first = self.skipped[0][1]
             warnings.warn(
@@ -165,7 +201,7 @@ class NormalsDataset(Dataset):
             )
         if not entries:
             raise InputError(f"no usable samples in {where} ({len(self.skipped)} skipped)")
-        missing = sum(not e.has_caption for e in entries)
+        missing = sum(not e.has_caption for e in entries) if captions else 0
         if missing:
             warnings.warn(
                 f"{missing} of {len(entries)} samples in {where} have no caption file; using empty captions",
@@ -175,9 +211,11 @@ class NormalsDataset(Dataset):
     # ------------------------------------------------------------------ construction checks
 
     def _check(self, sample_id: str) -> _Entry:
-        """Validate one sample from file existence and headers only."""
+        """Validate one sample: decode its image and labels once, read its caption."""
         p = sample_paths(self.root, self.split, sample_id)
-        w, h, _ = png_header(p.image)  # any image mode is accepted and converted to RGB
+        w, h, _ = png_header(p.image, decode=True)  # any image mode is accepted and converted to RGB
+        if self.captions and p.caption.is_file():
+            read_caption(p.caption)  # an undecodable caption fails here, not mid-run
         npy: Path | None = None
         if self.labels:
             use_npy = p.normal_npy.is_file() if self.float_normals == "auto" else bool(self.float_normals)
@@ -189,6 +227,7 @@ class NormalsDataset(Dataset):
                     raise InputError(f"{p.normal_npy}: expected float HxWx3 normals, got {dtype} {shape}")
                 nh, nw = shape[0], shape[1]
                 npy = p.normal_npy
+                has_valid = bool(valid_mask_of(load_npy(p.normal_npy)).any())
             else:
                 if not p.normal_png.is_file():
                     raise InputError(f"{p.normal_png}: normal map missing for image {p.image}")
@@ -197,10 +236,15 @@ class NormalsDataset(Dataset):
                     raise InputError(
                         f"{p.normal_png}: expected an 8-bit RGB normal map (3 channels), got mode {mode}"
                     )
+                has_valid = bool(load_png_rgb_strict(p.normal_png).any())  # decodes it: truncation fails here
             if (nh, nw) != (h, w):
                 src = npy or p.normal_png
                 raise InputError(f"{src}: size {nw}x{nh} does not match image {p.image} ({w}x{h})")
-        return _Entry(sample_id, p.image, p.normal_png, npy, p.caption, p.caption.is_file())
+        else:
+            has_valid = True
+        return _Entry(
+            sample_id, p.image, p.normal_png, npy, p.caption, p.caption.is_file(), (h, w), has_valid
+        )
 
     # ------------------------------------------------------------------ access
 
@@ -215,32 +259,49 @@ class NormalsDataset(Dataset):
         """float32 (3, H, W) in [-1, 1]."""
         img = load_rgb(e.image)
         if self.size is not None and img.shape[:2] != self.size:
-            if self.resize == "research":  # resize the [0, 1] floats, no requantisation
-                return torch.from_numpy(resize_bilinear(img / 255.0, self.size)).permute(2, 0, 1) * 2.0 - 1.0
+            if self.resize == "research":  # pixel / 255 in float64, resized, x 2 - 1: no requantisation
+                x = resize_image(torch.from_numpy(img).permute(2, 0, 1).double() / 255.0, self.size)
+                return (x * 2.0 - 1.0).float()
             h, w = self.size
             img = np.array(Image.fromarray(img).resize((w, h), resample=Image.BILINEAR))
         return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1.0
+
+    def _load_labels(self, e: _Entry) -> tuple[np.ndarray, np.ndarray]:
+        """(normal HxWx3 float, zero where invalid; mask bool HxW) at the output size."""
+        paths = sample_paths(self.root, self.split, e.id)
+        resizing = self.size is not None and self.size != e.size
+
+        def check(shape: tuple[int, ...]) -> None:
+            if shape[:2] != e.size:
+                src = e.normal_npy or e.normal_png
+                raise InputError(f"{src}: size {shape[1]}x{shape[0]} does not match {e.image}")
+
+        if resizing and self.resize == "research" and e.normal_npy is None:
+            # The recipe from the 8-bit pixels: pixel / 255 in float64, resized, then x 2 - 1.
+            pix = load_png_rgb_strict(paths.normal_png)
+            check(pix.shape)
+            n01, mask = resize_normals_research(pix / 255.0, pix.any(axis=-1), self.size)
+            return np.where(mask[..., None], n01 * 2.0 - 1.0, 0.0), mask
+        normal, mask = read_normal(paths, e.normal_npy is not None)
+        check(normal.shape)
+        if resizing and self.resize == "research":
+            return resize_normals_research(normal, mask, self.size)
+        if resizing:
+            return resize_nearest(normal, self.size), resize_nearest(mask, self.size)
+        return normal, mask
 
     def __getitem__(self, index: int) -> dict:
         e = self.entries[index]
         image = self._load_image(e)
         h, w = image.shape[1:]
         if self.labels:
-            fn: FloatNormals = e.normal_npy is not None
-            normal, mask = read_normal(sample_paths(self.root, self.split, e.id), fn)
-            src = e.normal_npy or e.normal_png
-            if self.size is None and normal.shape[:2] != (h, w):
-                raise InputError(f"{src}: size {normal.shape[1]}x{normal.shape[0]} does not match {e.image}")
-            if self.size is not None and self.resize == "research":
-                normal, mask = resize_normals_research(normal, mask, self.size)
-            elif self.size is not None:
-                normal, mask = resize_nearest(normal, self.size), resize_nearest(mask, self.size)
+            normal, mask = self._load_labels(e)
             normal_t = torch.from_numpy(np.ascontiguousarray(normal)).permute(2, 0, 1).float()
             mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None]
         else:
             normal_t = torch.zeros(3, h, w)
             mask_t = torch.zeros(1, h, w, dtype=torch.bool)
-        caption = (read_caption(e.caption) or "") if e.has_caption else ""
+        caption = (read_caption(e.caption) or "") if e.has_caption and self.captions else ""
         return {
             "image": image,
             "normal": normal_t,
@@ -261,6 +322,7 @@ def orphan_normals(root: str | os.PathLike, split: str) -> list[str]:
 
 
 __all__ = [
+    "RESIZE_MODES",
     "NormalsDataset",
     "nearest_indices",
     "orphan_normals",

@@ -23,15 +23,24 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
-def png_header(path: str | os.PathLike) -> tuple[int, int, str]:
-    """(width, height, PIL mode) from the file header only; no pixel decoding."""
+def png_header(path: str | os.PathLike, decode: bool = False) -> tuple[int, int, str]:
+    """(width, height, PIL mode) from the file header; `decode=True` also decodes the pixels once,
+    so a truncated or corrupt file fails here (at the start of a run) and not mid-run."""
     try:
         with Image.open(path) as img:
+            if decode:
+                img.load()
             return img.size[0], img.size[1], img.mode
     except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable image ({type(e).__name__})") from None
+        kind = "broken link" if os.path.islink(path) else "file not found"
+        raise InputError(f"{path}: {kind}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: image too large (PIL decompression-bomb check: {e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{path}: not a readable image ({type(e).__name__}: {msg})") from None
 
 
 def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
@@ -154,8 +163,11 @@ def load_png_rgb_strict(path: str | os.PathLike) -> np.ndarray:
             return np.array(img)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{path}: image too large (PIL decompression-bomb check: {e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        msg = " ".join(str(e).split())
+        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {msg})") from None
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:

@@ -15,6 +15,7 @@ atomically (temp file in the same directory, then `os.replace`).
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,12 +75,21 @@ def split_dir(root: str | os.PathLike, split: str) -> Path:
 
 
 def find_image(root: str | os.PathLike, split: str, sample_id: str) -> Path:
-    """The image file of `sample_id` (first existing extension of IMAGE_EXTS; .png if none exists)."""
+    """The image file of `sample_id`: the first extension of IMAGE_EXTS, in any letter case
+    (`a.JPG` too), that exists; `<id>.png` if none does."""
     base = split_dir(root, split) / IMG_DIR
     for ext in IMAGE_EXTS:
         p = base / f"{sample_id}{ext}"
         if p.is_file():
             return p
+    if base.is_dir():
+        found = sorted(
+            (IMAGE_EXTS.index(p.suffix.lower()), p.name, p)
+            for p in base.glob(f"{glob.escape(sample_id)}.*")
+            if p.stem == sample_id and p.suffix.lower() in IMAGE_EXTS and (p.exists() or p.is_symlink())
+        )
+        if found:
+            return found[0][2]  # may be a folder or a broken link: reading it says so
     return base / f"{sample_id}.png"
 
 
@@ -97,16 +107,14 @@ def sample_paths(root: str | os.PathLike, split: str, sample_id: str) -> SampleP
 def list_ids(root: str | os.PathLike, split: str) -> list[str]:
     """Sorted stems of the image files of a split ([] when the folder is missing).
 
-    Hidden files (our atomic-write temp files start with ".") are ignored.
+    Hidden files (our atomic-write temp files start with ".") are ignored. Entries with an image
+    name that are no readable file (a folder, a broken link) are listed too: reading them fails
+    with a message naming them, instead of the sample silently disappearing.
     """
     img_dir = split_dir(root, split) / IMG_DIR
     if not img_dir.is_dir():
         return []
-    ids = {
-        p.stem
-        for p in img_dir.iterdir()
-        if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()
-    }
+    ids = {p.stem for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")}
     return sorted(ids)
 
 

@@ -11,7 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
+from ..atomic import disk_error
 from ..errors import InputError
+from ..outputs import refuse_overlap
 from .layout import list_ids
 
 
@@ -21,22 +23,28 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         return
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise disk_error(dst, e) from None
 
 
 def merge_datasets(original: str | Path, synthetic: list[str | Path], out: str | Path) -> int:
     """Hard-link (or copy) every split of `original` and the train split of each synthetic set
     into `out`. Ids must not collide; returns the number of files placed."""
     original, out = Path(original), Path(out)
+    refuse_overlap(out, data=original, synthetic=[str(p) for p in synthetic])
     splits = [d.name for d in original.iterdir() if (d / "img").is_dir()] if original.is_dir() else []
     if not splits:
         raise InputError(f"{original}: no split folders with img/ inside")
     sources = [(original / s, s) for s in splits] + [(Path(p) / "train", "train") for p in synthetic]
+    # Every check before the first link: a refused merge leaves no partial folder behind.
     seen: dict[tuple[str, str], Path] = {}
-    count = 0
+    plan: list[tuple[Path, Path]] = []
     for split_root, split in sources:
         ids = list_ids(split_root.parent, split_root.name)
         if not ids:
@@ -48,6 +56,7 @@ def merge_datasets(original: str | Path, synthetic: list[str | Path], out: str |
         for sub in sorted(d for d in split_root.iterdir() if d.is_dir()):
             for f in sorted(sub.iterdir()):
                 if f.is_file() and not f.name.startswith("."):
-                    _link_or_copy(f, out / split / sub.name / f.name)
-                    count += 1
-    return count
+                    plan.append((f, out / split / sub.name / f.name))
+    for src, dst in plan:
+        _link_or_copy(src, dst)
+    return len(plan)

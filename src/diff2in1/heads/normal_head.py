@@ -62,6 +62,8 @@ class HeadConfig:
         widths = (self.f4, self.f3, self.f2, self.g, self.f1, self.f0, self.refine_hidden)
         if min(widths) < 1:
             raise ValueError(f"head widths must be positive: {widths}")
+        if not isinstance(self.gn_groups, int) or self.gn_groups < 1:
+            raise ValueError(f"gn_groups must be a positive integer, got {self.gn_groups!r}")
         bad = [w for w in self.decoder_widths[1:] if w % self.gn_groups]
         if bad:
             raise ValueError(f"decoder widths {bad} are not divisible by gn_groups={self.gn_groups}")

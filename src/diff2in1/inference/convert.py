@@ -8,6 +8,7 @@ from ..atomic import TMP_SUFFIX
 from ..errors import InputError
 from ..fingerprint import backbone_fingerprint
 from ..heads import NormalHead, load_research_checkpoint
+from ..outputs import refuse_overlap
 from .pipeline import Diff2in1Pipeline
 
 
@@ -16,11 +17,7 @@ def _fresh_out(out: str | Path, *inputs: str | Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"--out {out}: exists and is not an empty folder: choose a new one")
-    ro = out.resolve()
-    for i in inputs:
-        ri = Path(i).resolve()
-        if Path(i).exists() and (ro == ri or ri in ro.parents):
-            raise InputError(f"--out {out}: inside the input {i}: choose another folder")
+    refuse_overlap(out, inputs=list(inputs))
     return out
 
 

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..outputs import refuse_overlap
 from .pipeline import Diff2in1Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -30,10 +31,6 @@ class PredictResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def collect_images(inputs: Iterable[str | Path], out: str | Path | None = None) -> list[Path]:
     """Files and folders (searched recursively, suffixes in any case) -> sorted image paths.
 
@@ -41,12 +38,11 @@ def collect_images(inputs: Iterable[str | Path], out: str | Path | None = None) 
     input folder or equal to it (outputs never mix with inputs; a second run would read them back).
     """
     inputs = [Path(i) for i in inputs]
-    out_dir = Path(out).resolve() if out is not None else None
+    if out is not None:
+        refuse_overlap(out, inputs=[str(p) for p in inputs])
     found: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            if out_dir is not None and (_inside(out_dir, p.resolve()) or _inside(p.resolve(), out_dir)):
-                raise InputError(f"--out {out}: inside the input folder {p} (or contains it): choose another")
             found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:

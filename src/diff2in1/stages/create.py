@@ -25,12 +25,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..atomic import save_text
+from ..atomic import clean_stale_tmp, save_text
 from ..backbone import Backbone, autocast_dtype, load_backbone, weights_dtype
 from ..config import CreateConfig
 from ..data import NormalsDataset, write_sample
 from ..errors import InputError
+from ..fingerprint import check_head
 from ..heads import NormalHead
+from ..outputs import refuse_overlap
 from ..runs import to_plain
 from ..viz import grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
 from .loop import mix_seed
@@ -105,6 +107,64 @@ def _to_hwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).cpu().numpy()
 
 
+# Settings that decide what a sample is: a folder holds samples of one setting only.
+DEFINING = (
+    "data",
+    "split",
+    "resolution",
+    "resize",
+    "samples_per_image",
+    "t_start",
+    "steps",
+    "guidance",
+    "seed",
+    "mixed_precision",
+)
+
+
+def check_or_record_settings(
+    cfg: CreateConfig, backbone: Backbone, head: NormalHead, strict: bool = True
+) -> None:
+    """Before the first sample: write `create_config.json` (the settings and the two models'
+    fingerprints) into a new `cfg.out`, or refuse an existing one made with other settings (named).
+    `strict=False` (the self-improving stage completing its own re-created set after a resume)
+    does not compare the creation head, which has moved on since."""
+    from ..runs import _comparable
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    record = {
+        **to_plain(cfg),
+        "backbone_fingerprint": fingerprint(backbone),
+        "head_fingerprint": fingerprint(head),
+    }
+    path = out / "create_config.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: unreadable ({e}); use another --out") from None
+        keys = [*DEFINING, "backbone_fingerprint"] + (["head_fingerprint"] if strict else [])
+        for k in keys:
+            if _comparable(k, saved.get(k)) != _comparable(k, record[k]):
+                what = {"backbone_fingerprint": "backbone weights", "head_fingerprint": "head weights"}.get(
+                    k, k
+                )
+                raise InputError(
+                    f"--out {out}: holds samples made with another {what} "
+                    f"({saved.get(k)!r} -> {record[k]!r}); "
+                    "finish it with the same settings or use another --out"
+                )
+        return
+    if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise InputError(
+            f"--out {out}: exists and holds files that create-data did not write; use another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    save_text(path, json.dumps(record, indent=1))
+
+
 def create_data(
     cfg: CreateConfig,
     backbone: Backbone,
@@ -112,10 +172,18 @@ def create_data(
     rank: int = 0,
     world: int = 1,
     progress: Callable | None = None,
+    strict: bool = True,
 ) -> CreateResult:
-    """Create the synthetic set of `cfg` into `cfg.out` (resumable; shard `cfg.shard` x processes)."""
-    source = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False)
+    """Create the synthetic set of `cfg` into `cfg.out` (resumable; shard `cfg.shard` x processes).
+
+    The folder records its settings before the first sample; continuing it with other settings is
+    refused (see `check_or_record_settings`)."""
+    refuse_overlap(cfg.out, data=cfg.data, head=cfg.head or None, backbone=cfg.backbone)
+    source = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False, resize=cfg.resize)
     out = Path(cfg.out)
+    check_head(head, backbone, cfg.head or "head", str(backbone.source))
+    check_or_record_settings(cfg, backbone, head, strict)
+    clean_stale_tmp(out)
     shard_i, shard_n = parse_shard(cfg.shard)
     # Work item j = (source index j // K, k = j % K); this process takes every (n * world)-th.
     k_per = cfg.samples_per_image
@@ -126,8 +194,6 @@ def create_data(
         for j in mine
         if not (out / "meta" / f"{sample_id(source.ids[j // k_per], j % k_per)}.json").exists()
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    save_text(out / "create_config.json", json.dumps(to_plain(cfg), indent=1))
     common = {
         "t_start": cfg.t_start,
         "steps": cfg.steps,
@@ -214,13 +280,15 @@ def run_create(cfg: CreateConfig) -> CreateResult:
 
     from ..info import best_device
 
-    NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False)  # fail before loading models
+    refuse_overlap(cfg.out, data=cfg.data, head=cfg.head, backbone=cfg.backbone)  # before any model
+    NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False, resize=cfg.resize)
+    parse_shard(cfg.shard)
     state = PartialState(cpu=cfg.device == "cpu")
     device = state.device if cfg.device == "auto" else torch.device(cfg.device)
     if cfg.device == "auto" and state.num_processes == 1:
         device = torch.device(best_device())
+    head = NormalHead.from_pretrained(cfg.head).to(device)  # small: a bad head fails before the backbone
     backbone = load_backbone(cfg.backbone, device=device, dtype=weights_dtype(cfg.mixed_precision))
-    head = NormalHead.from_pretrained(cfg.head).to(device)
     result = create_data(cfg, backbone, head, rank=state.process_index, world=state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:

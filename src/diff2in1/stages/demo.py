@@ -174,7 +174,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 @torch.no_grad()
 def _figures(out: Path, data: Path, predictors: dict, losses: dict, res: tuple[int, int]) -> dict[str, str]:
-    test = NormalsDataset(data, "test", size=res)
+    test = NormalsDataset(data, "test", size=res, captions=False)
     names = ["warm-up", "self-improved (exploitation)"]
     rows = []
     for i in range(min(4, len(test))):

@@ -75,11 +75,13 @@ class PosteriorCache:
     def __call__(
         self, backbone, images: torch.Tensor, indices: list[int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [k for k, i in enumerate(indices) if i not in self._store]
-        if missing:
-            mean, std = backbone.posterior(images[missing])
-            for k, m, s in zip(missing, mean, std, strict=True):
-                self._store[indices[k]] = (m.to("cpu"), s.to("cpu"))
+        for k, i in enumerate(indices):
+            if i not in self._store:
+                # One image at a time: a kernel's rounding may depend on the batch size, and an
+                # image's cached posterior must not depend on which batch first met it (a resumed
+                # run meets it in another batch).
+                mean, std = backbone.posterior(images[k : k + 1])
+                self._store[i] = (mean[0].to("cpu"), std[0].to("cpu"))
         mean = torch.stack([self._store[i][0] for i in indices]).to(backbone.device)
         std = torch.stack([self._store[i][1] for i in indices]).to(backbone.device)
         return mean, std

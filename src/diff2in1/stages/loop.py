@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
+from ..errors import InputError
 from ..runs import RunDir, atomic_dir, optimizer_from_tensors, optimizer_to_tensors
 
 
@@ -36,7 +37,8 @@ class EpochBatches(torch.utils.data.Sampler[list[int]]):
 
     Global batch b of the epoch is `order[b*B:(b+1)*B]`; process r of N takes its r-th
     contiguous share, so N processes together see exactly the global batches of one process.
-    `start` skips batches already done (resume mid-epoch).
+    `start` skips batches already done (resume mid-epoch). `drop_last` leaves out the short last
+    batch (the research loader's `drop_last=True`, docs/method.md section 5).
     """
 
     def __init__(
@@ -49,14 +51,17 @@ class EpochBatches(torch.utils.data.Sampler[list[int]]):
         world: int = 1,
         start: int = 0,
         shuffle: bool = True,
+        drop_last: bool = False,
     ) -> None:
         self.n, self.batch_size, self.rank, self.world, self.start = n, batch_size, rank, world, start
+        self.drop_last = drop_last
         gen = torch.Generator().manual_seed(mix_seed(seed, epoch))
         self.order = torch.randperm(n, generator=gen).tolist() if shuffle else list(range(n))
 
     def batches(self) -> list[list[int]]:
         out = []
-        for b in range(math.ceil(self.n / self.batch_size)):
+        count = self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+        for b in range(count):
             batch = self.order[b * self.batch_size : (b + 1) * self.batch_size]
             if len(batch) < self.world:  # too small to give every process a sample
                 break
@@ -71,6 +76,15 @@ class EpochBatches(torch.utils.data.Sampler[list[int]]):
         return max(0, len(self.batches()) - self.start)
 
 
+def check_batches(n: int, cfg: TrainConfig) -> None:
+    """Refuse a run whose epochs would have no batch (fewer samples than one batch with drop_last)."""
+    if n < (cfg.batch_size if cfg.drop_last else 1):
+        raise InputError(
+            f"{n} training sample(s) give no batch of {cfg.batch_size} with drop_last "
+            "(use a smaller --batch-size or --no-drop-last)"
+        )
+
+
 @dataclass
 class LoopResult:
     """What a training run did: steps taken, per-step losses, final head folder(s)."""
@@ -78,6 +92,7 @@ class LoopResult:
     steps: int
     losses: list[float] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) left out of the data
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -163,7 +178,9 @@ def run_training(
                 rank,
                 world,
                 start=start_batch if epoch == start_epoch else 0,
+                drop_last=cfg.drop_last,
             )
+            check_batches(len(dataset), cfg)
             loader = DataLoader(
                 dataset,
                 batch_sampler=sampler,

@@ -22,10 +22,11 @@ from ..data import NormalsDataset
 from ..errors import InputError
 from ..heads import NormalHead
 from ..losses import head_loss
+from ..outputs import refuse_overlap
 from ..runs import RunDir
 from .create import create_data
 from .feature_cache import PosteriorCache
-from .loop import LoopResult, make_accelerator, mix_seed, run_training
+from .loop import LoopResult, check_batches, make_accelerator, mix_seed, run_training
 from .warmup import build_head, make_caches, step_features
 
 
@@ -79,8 +80,10 @@ def mixed_targets(
     return target, mask
 
 
-def synthetic_dataset(paths: list[str], resolution: tuple[int, int]) -> list[NormalsDataset]:
-    return [NormalsDataset(p, "train", size=resolution) for p in paths]
+def synthetic_dataset(
+    paths: list[str], resolution: tuple[int, int], resize: str = "research"
+) -> list[NormalsDataset]:
+    return [NormalsDataset(p, "train", size=resolution, resize=resize, captions=False) for p in paths]
 
 
 def train_self_improve(
@@ -92,8 +95,16 @@ def train_self_improve(
     if not cfg.synthetic and not cfg.recreate_every:
         raise InputError("train-self-improve: give --synthetic SYN (or --recreate-every to make it here)")
     on_error = "skip" if cfg.skip_bad_samples else "raise"
-    original = Tagged(NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, on_error=on_error), True)
-    synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution)]
+    original = Tagged(
+        NormalsDataset(
+            cfg.data, cfg.split, size=cfg.resolution, on_error=on_error, resize=cfg.resize, captions=False
+        ),
+        True,
+    )
+    synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution, cfg.resize)]
+    n_synthetic = sum(len(d) for d in synthetic) or len(original) * cfg.create.get("samples_per_image", 1)
+    check_batches(len(original) + n_synthetic, cfg)
+    refuse_overlap(cfg.out, data=cfg.data, synthetic=list(cfg.synthetic), init=cfg.init)
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
     accelerator = make_accelerator(cfg)
@@ -139,6 +150,7 @@ def train_self_improve(
             "backbone": cfg.backbone,
             "out": str(out),
             "resolution": cfg.resolution,
+            "resize": cfg.resize,
             "seed": cfg.seed + latest,
             "progress": cfg.progress,
             **cfg.create,
@@ -150,16 +162,17 @@ def train_self_improve(
             models["creation"],
             rank=rank,
             world=accelerator.num_processes,
+            strict=False,
         )
         accelerator.wait_for_everyone()
-        fresh = [Tagged(d, False) for d in synthetic_dataset([str(out)], cfg.resolution)]
+        fresh = [Tagged(d, False) for d in synthetic_dataset([str(out)], cfg.resolution, cfg.resize)]
         if caches.posterior is not None and made.get("latest") != latest:
             caches.posterior = PosteriorCache()  # indices now name other synthetic images
         made["latest"] = latest
         return Indexed(ConcatDataset([original, *fresh]))
 
     dataset = Indexed(ConcatDataset([original, *synthetic]))
-    return run_training(
+    result = run_training(
         cfg,
         run,
         dataset,
@@ -171,6 +184,8 @@ def train_self_improve(
         after_step=after_step,
         before_epoch=before_epoch if cfg.recreate_every else None,
     )
+    result.skipped = list(original.dataset.skipped)
+    return result
 
 
 class Indexed(Dataset):

@@ -13,10 +13,11 @@ from ..data import NormalsDataset
 from ..fingerprint import backbone_fingerprint, check_head
 from ..heads import HeadConfig, NormalHead
 from ..losses import head_loss
+from ..outputs import refuse_overlap
 from ..runs import RunDir
 from ..taps import TapFeatures
 from .feature_cache import FeatureCache, PosteriorCache
-from .loop import LoopResult, make_accelerator, mix_seed, run_training
+from .loop import LoopResult, check_batches, make_accelerator, mix_seed, run_training
 
 
 def build_head(spec: str, backbone: Backbone, resolution: int | tuple[int, int] | None = None) -> NormalHead:
@@ -105,7 +106,12 @@ def perception_step(
 def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | None = None) -> LoopResult:
     """Run stage 1 into `cfg.out`; returns the steps, losses and the final head folder."""
     on_error = "skip" if cfg.skip_bad_samples else "raise"
-    dataset = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, on_error=on_error)  # before any model
+    # Data problems fail before any model loads.
+    dataset = NormalsDataset(
+        cfg.data, cfg.split, size=cfg.resolution, on_error=on_error, resize=cfg.resize, captions=False
+    )
+    check_batches(len(dataset), cfg)
+    refuse_overlap(cfg.out, data=cfg.data, head=cfg.head if cfg.head not in ("reference", "small") else None)
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
     accelerator = make_accelerator(cfg)
@@ -124,4 +130,6 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
         return perception_step(backbone, models["head"], batch, cfg, step, accelerator.autocast, caches)
 
-    return run_training(cfg, run, dataset, {"head": head}, "head", step_fn, accelerator, resume=resume)
+    result = run_training(cfg, run, dataset, {"head": head}, "head", step_fn, accelerator, resume=resume)
+    result.skipped = list(dataset.skipped)
+    return result

@@ -1,0 +1,271 @@
+"""The gradio page: a Normals tab and a Create tab on one `AppBackend` (see backend.py).
+
+Every job of both tabs runs in one queue with concurrency 1 (one model, one request at a time).
+A user's mistake is a one-line message in the tab's status box (and a toast); the server goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from ..errors import InputError
+from ..inference.image_processor import RESIZE_MODES
+from .backend import AppBackend, CreateResult, NormalsItem
+
+log = logging.getLogger("diff2in1.app")
+
+IMAGE_HEIGHT = 320  # pixels on the page (the downloads are full size)
+RESOLUTIONS = [64 * k for k in range(1, 17)]  # 64 .. 1024
+CSS = """
+#demo-note { border: 2px solid #d97706; border-radius: 8px; padding: 4px 12px; background: #fffbeb; }
+#demo-note p { color: #78350f; }
+"""
+
+
+def _fail(e: Exception) -> str:
+    """A one-line message for the status box (and a toast); internal errors are logged in full."""
+    if isinstance(e, InputError):
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else "bad input"
+    else:
+        log.exception("internal error")
+        first = (str(e).strip().splitlines() or [""])[0]
+        msg = f"internal error ({type(e).__name__}: {first[:200]}); the page still works, see the server log"
+    gr.Warning(msg)
+    return f"Error: {msg}"
+
+
+def _progress(progress: gr.Progress):
+    def report(done: int, total: int, what: str) -> None:
+        progress((done, total), desc=what, unit="steps" if "DDIM" in what else "images")
+
+    return report
+
+
+def _item_view(item: NormalsItem) -> tuple:
+    return str(item.normals), str(item.uncertainty), (str(item.image), str(item.normals))
+
+
+def build_page(backend: AppBackend) -> gr.Blocks:
+    """The Blocks of the page (call `.queue(...)` and `.launch(...)` on it; see `serve`)."""
+    head_res = backend.head_resolution
+    res_label = "x".join(map(str, head_res)) if isinstance(head_res, (list, tuple)) else str(head_res or 512)
+    res_choices = [(f"head's own ({res_label})", 0)] + [(str(r), r) for r in RESOLUTIONS]
+    t_train = backend.num_train_timesteps
+    steps0 = backend.step_choices(600)
+
+    with gr.Blocks(title="diff2in1", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
+        gr.Markdown(
+            "## diff2in1: surface normals and new training pairs from one Stable Diffusion model\n"
+            + backend.describe()
+        )
+        if backend.demo_note:
+            gr.Markdown(backend.demo_note, elem_id="demo-note")
+        with gr.Tabs():
+            # ------------------------------------------------------------ Normals
+            with gr.Tab("Normals", id="normals", elem_id="tab-normals"):
+                items = gr.State([])
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        files = gr.File(
+                            label="Images (one or more)", file_count="multiple", elem_id="normals-upload"
+                        )
+                        resolution = gr.Dropdown(
+                            res_choices, value=0, label="Processing resolution (model input size)"
+                        )
+                        resize_mode = gr.Radio(
+                            list(RESIZE_MODES),
+                            value=backend.head_resize_mode,
+                            label="Resize mode",
+                            info="squash to a square as in training, or keep the aspect ratio and pad",
+                        )
+                        ensemble = gr.Slider(
+                            1, 8, value=1, step=1, label="Ensemble size", info="noise draws + flips combined"
+                        )
+                        run = gr.Button("Predict normals", variant="primary", elem_id="normals-run")
+                        status = gr.Textbox(
+                            label="Status", interactive=False, max_lines=6, elem_id="normals-status"
+                        )
+                        downloads = gr.File(
+                            label="Downloads (16-bit PNG normals, .npy normals, .npy uncertainty in degrees)",
+                            file_count="multiple",
+                            interactive=False,
+                            elem_id="normals-downloads",
+                        )
+                    with gr.Column(scale=2):
+                        shown = gr.Dropdown(
+                            [], label="Result shown", visible=False, interactive=True, elem_id="normals-shown"
+                        )
+                        with gr.Row():
+                            normal_map = gr.Image(
+                                label="Normal map",
+                                type="filepath",
+                                format="png",
+                                interactive=False,
+                                height=IMAGE_HEIGHT,
+                                elem_id="normals-map",
+                            )
+                            uncertainty = gr.Image(
+                                label="Uncertainty (expected angular error, degrees)",
+                                type="filepath",
+                                format="png",
+                                interactive=False,
+                                height=IMAGE_HEIGHT,
+                                elem_id="normals-uncertainty",
+                            )
+                        slider = gr.ImageSlider(
+                            label="Image | normals (drag the handle)",
+                            type="filepath",
+                            elem_id="normals-slider",
+                        )
+
+                def predict(paths, res, mode, ens, progress=gr.Progress()) -> tuple:  # noqa: B008
+                    try:
+                        result = backend.normals(
+                            list(paths or []),
+                            int(res or 0) or None,
+                            mode,
+                            int(ens),
+                            progress=_progress(progress),
+                        )
+                    except Exception as e:  # every failure becomes one line on the page
+                        return (
+                            [],
+                            _fail(e),
+                            None,
+                            gr.update(choices=[], value=None, visible=False),
+                            None,
+                            None,
+                            None,
+                        )
+                    lines = [f"{len(result.items)} image(s) done in {result.seconds:.1f} s."]
+                    if result.errors:
+                        gr.Warning("left out: " + "; ".join(result.errors))
+                        lines += [f"Left out: {m}" for m in result.errors]
+                    names = [it.name for it in result.items]
+                    files_out = [str(p) for it in result.items for p in it.downloads]
+                    view = _item_view(result.items[0])
+                    picker = gr.update(choices=names, value=names[0], visible=len(names) > 1)
+                    return result.items, "\n".join(lines), files_out, picker, *view
+
+                def show(items_state: list, name: Any) -> tuple:
+                    for it in items_state or []:
+                        if it.name == name:
+                            return _item_view(it)
+                    return gr.update(), gr.update(), gr.update()
+
+                run.click(
+                    predict,
+                    [files, resolution, resize_mode, ensemble],
+                    [items, status, downloads, shown, normal_map, uncertainty, slider],
+                    concurrency_limit=1,
+                    concurrency_id="model",
+                )
+                shown.input(show, [items, shown], [normal_map, uncertainty, slider], queue=False)
+
+            # ------------------------------------------------------------ Create
+            with gr.Tab("Create", id="create", elem_id="tab-create"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        cfile = gr.File(label="Image", file_count="single", elem_id="create-upload")
+                        caption = gr.Textbox(
+                            label="Caption", placeholder="a living room with a sofa", elem_id="create-caption"
+                        )
+                        t_start = gr.Slider(
+                            10,
+                            t_train,
+                            value=600,
+                            step=10,
+                            label="t_start (noise level to start from)",
+                            elem_id="create-tstart",
+                        )
+                        steps = gr.Dropdown(
+                            steps0,
+                            value=50 if 50 in steps0 else steps0[-1],
+                            label="DDIM steps (the counts the scheduler can take below t_start)",
+                            elem_id="create-steps",
+                        )
+                        guidance = gr.Slider(
+                            1, 10, value=1, step=0.5, label="Guidance (1 = no classifier-free)"
+                        )
+                        seed = gr.Number(value=0, precision=0, label="Seed")
+                        crun = gr.Button("Create", variant="primary", elem_id="create-run")
+                        cstatus = gr.Textbox(
+                            label="Status", interactive=False, max_lines=4, elem_id="create-status"
+                        )
+                        cdownloads = gr.File(
+                            label="Downloads (new image, 16-bit PNG normals, .npy normals)",
+                            file_count="multiple",
+                            interactive=False,
+                            elem_id="create-downloads",
+                        )
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            new_image = gr.Image(
+                                label="New image",
+                                type="filepath",
+                                format="png",
+                                interactive=False,
+                                height=IMAGE_HEIGHT,
+                                elem_id="create-image",
+                            )
+                            new_normals = gr.Image(
+                                label="Its normals",
+                                type="filepath",
+                                format="png",
+                                interactive=False,
+                                height=IMAGE_HEIGHT,
+                                elem_id="create-normals",
+                            )
+                            new_unc = gr.Image(
+                                label="Its uncertainty (degrees)",
+                                type="filepath",
+                                format="png",
+                                interactive=False,
+                                height=IMAGE_HEIGHT,
+                                elem_id="create-uncertainty",
+                            )
+                        cslider = gr.ImageSlider(
+                            label="Source (at model size) | new image",
+                            type="filepath",
+                            elem_id="create-slider",
+                        )
+
+                def update_steps(t: float, current: Any) -> Any:
+                    choices = backend.step_choices(int(t))
+                    if not choices:
+                        return gr.update(choices=[], value=None)
+                    cur = int(current) if current else 50
+                    value = cur if cur in choices else min(choices, key=lambda s: abs(s - cur))
+                    return gr.update(choices=choices, value=value)
+
+                def create(path, text, t, n, g, s, progress=gr.Progress()) -> tuple:  # noqa: B008
+                    try:
+                        if n is None:
+                            raise InputError(f"no DDIM step count can be taken below t_start={int(t)}")
+                        r: CreateResult = backend.create(
+                            path, text, int(t), int(n), float(g), int(s or 0), progress=_progress(progress)
+                        )
+                    except Exception as e:  # every failure becomes one line on the page
+                        return _fail(e), None, None, None, None, None
+                    msg = f"New image made with {int(n)} DDIM steps from t={int(t)} in {r.seconds:.1f} s."
+                    return (
+                        msg,
+                        [str(p) for p in r.downloads],
+                        str(r.image),
+                        str(r.normals),
+                        str(r.uncertainty),
+                        (str(r.source), str(r.image)),
+                    )
+
+                t_start.change(update_steps, [t_start, steps], steps, queue=False)
+                crun.click(
+                    create,
+                    [cfile, caption, t_start, steps, guidance, seed],
+                    [cstatus, cdownloads, new_image, new_normals, new_unc, cslider],
+                    concurrency_limit=1,
+                    concurrency_id="model",
+                )
+    return page

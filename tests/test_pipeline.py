@@ -333,3 +333,15 @@ def test_bf16_pipeline_keeps_a_float32_head_and_stays_close(saved):
     assert 0 < angle.mean() < 5, angle.mean()
     with pytest.raises(InputError, match="not a pipeline folder"):
         load_pipeline(saved / "head")
+
+
+def test_pipelines_on_one_backbone_share_its_tap_hooks(scenes_backbone, pipe):
+    from diff2in1.stages.predict import NormalPredictor
+
+    def hooks() -> int:
+        return sum(len(m._forward_hooks) for m in scenes_backbone.unet.modules())
+
+    before = hooks()
+    Diff2in1Pipeline.from_backbone(scenes_backbone, pipe.head)
+    NormalPredictor(scenes_backbone, pipe.head)
+    assert hooks() == before == 25

@@ -64,6 +64,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(scenes_root, tmp_pat
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
 
 
+def test_progress_bar_counts_steps_when_max_steps_ends_the_run(scenes_root, tmp_path, tiny_backbone, capsys):
+    # epochs=10**6 means "until max_steps": the bar shows steps of max_steps, not "epoch 1/1000000".
+    cfg = _cfg(scenes_root, tmp_path / "r", epochs=10**6, max_steps=3, progress=True, checkpoint_every=0)
+    assert train_warmup(cfg, backbone=tiny_backbone).steps == 3
+    err = capsys.readouterr().err
+    assert "(step 3/3)" in err and "1000000" not in err, err[-500:]
+
+
 def test_resume_refuses_changed_settings(scenes_root, tmp_path, tiny_backbone):
     train_warmup(_cfg(scenes_root, tmp_path / "r", max_steps=1), backbone=tiny_backbone)
     with pytest.raises(InputError, match="lr"):

@@ -527,20 +527,28 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="demo folder (resumes if it exists)")
     p.add_argument("--quick", action="store_true", help="about a minute: fewer scenes, epochs and DDIM steps")
     p.add_argument("--backbone", help="backbone (default: the shipped tiny-scenes preset)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the procedural scenes (default 0)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", help="training seeds, one run of every stage each (default: 0 1)"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
     def run(a: argparse.Namespace) -> None:
         from .stages.demo import DemoConfig, run_demo
 
-        kw = {
-            k: v
-            for k, v in {"out": a.out, "backbone": a.backbone, "seed": a.seed, "progress": a.progress}.items()
-            if v is not None
+        given = {
+            "out": a.out,
+            "backbone": a.backbone,
+            "seed": a.seed,
+            "seeds": a.seeds,
+            "progress": a.progress,
         }
+        kw = {k: v for k, v in given.items() if v is not None}
         cfg = DemoConfig.quick(**kw) if a.quick else DemoConfig(**kw)
         report = run_demo(cfg)
         print(report.read_text())
+        if cfg.smoke:
+            print("smoke run (--quick): every stage ran; too small to compare the arms, so no verdict")
         print(f"report written to {report}")
 
     p.set_defaults(func=run)

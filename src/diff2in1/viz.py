@@ -66,21 +66,26 @@ def image_to_rgb(image: np.ndarray) -> np.ndarray:
 def grid(
     rows: list[list[np.ndarray]], labels: list[str] | None = None, cell: int | None = None
 ) -> Image.Image:
-    """Tile uint8 RGB pictures into rows, with column labels on top; cells resized to `cell` high."""
+    """Tile uint8 RGB pictures into rows, with column labels on top; cells resized to `cell` high.
+
+    Each column is as wide as its widest picture (e.g. a map with a colour bar beside plain maps).
+    """
     h = cell or max(p.shape[0] for r in rows for p in r)
     tiles = [
         [Image.fromarray(p).resize((max(1, round(p.shape[1] * h / p.shape[0])), h)) for p in r] for r in rows
     ]
-    w = max(t.width for r in tiles for t in r)
-    pad, top = 4, 16 if labels else 0
     ncol = max(len(r) for r in tiles)
-    out = Image.new("RGB", (ncol * (w + pad) + pad, top + len(tiles) * (h + pad) + pad), (255, 255, 255))
+    widths = [max(r[c].width for r in tiles if c < len(r)) for c in range(ncol)]
+    pad, top = 4, 16 if labels else 0
+    xs = [pad + sum(widths[:c]) + c * pad for c in range(ncol)]
+    size = (sum(widths) + (ncol + 1) * pad, top + len(tiles) * (h + pad) + pad)
+    out = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(out)
-    for c, name in enumerate(labels or []):
-        draw.text((pad + c * (w + pad) + 2, 2), name, fill=(0, 0, 0))
+    for c, name in enumerate((labels or [])[:ncol]):
+        draw.text((xs[c] + 2, 2), name, fill=(0, 0, 0))
     for r, row in enumerate(tiles):
         for c, t in enumerate(row):
-            out.paste(t, (pad + c * (w + pad), top + pad + r * (h + pad)))
+            out.paste(t, (xs[c], top + pad + r * (h + pad)))
     return out
 
 
@@ -103,12 +108,21 @@ def line_plot(
     size: tuple[int, int] = (640, 360),
     smooth: int = 1,
     offsets: dict[str, int] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    max_ticks: int = 8,
 ) -> Image.Image:
     """A plain line chart of named series against their index (e.g. loss per step); a series
-    with an offset starts at that index (a stage that continues another)."""
+    with an offset starts at that index (a stage that continues another).
+
+    Both axes get tick marks at round values (`nice_ticks`; the y range is widened to whole
+    ticks) and, when given, the labels `xlabel` / `ylabel`.
+    """
     offsets = offsets or {}
     w, h = size
-    left, right, top, bottom = 56, 12, 24, 28
+    font = default_font(12)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = max(8, probe.textbbox((0, 0), "0.9g", font=font)[3])
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
     data = {
@@ -123,32 +137,79 @@ def line_plot(
     lo = min(float(v.min()) for v in data.values())
     hi = max(float(v.max()) for v in data.values())
     hi = hi if hi > lo else lo + 1
-    n = max(len(v) + offsets.get(k, 0) for k, v in data.items())
-    draw.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
-    for frac in (0.0, 0.5, 1.0):
-        y = top + (1 - frac) * (h - top - bottom)
-        draw.text((4, y - 6), f"{lo + frac * (hi - lo):.3g}", fill=(0, 0, 0))
-    draw.text((left, h - bottom + 6), "0", fill=(0, 0, 0))
-    draw.text((w - right - 40, h - bottom + 6), f"{n - 1}", fill=(0, 0, 0))
-    draw.text((left, 4), title, fill=(0, 0, 0))
+    ys_t = nice_ticks(hi - lo, 0.0, max_ticks, degrees=False)
+    step = ys_t[1] - ys_t[0] if len(ys_t) > 1 else hi - lo
+    lo, hi = math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
+    y_ticks = [lo + i * step for i in range(round((hi - lo) / step) + 1)]
+    digits = next((d for d in range(7) if abs(step * 10**d - round(step * 10**d)) < 1e-6), 6)
+    y_labels = [f"{t:.{digits}f}" for t in y_ticks]
+    n = max(len(series[k]) + offsets.get(k, 0) for k in data)
+    # A moving average of `smooth` values is drawn at the middle of its window.
+    shift = {k: (len(series[k]) - len(v)) / 2 for k, v in data.items()}
+    x_ticks = nice_ticks(max(n - 1, 1), 0.0, max_ticks, degrees=False)
+    label_w = max(probe.textbbox((0, 0), s, font=font)[2] for s in y_labels)
+    left = 6 + (text_h + 6 if ylabel else 0) + label_w + 6
+    right, top = 12, 8 + (text_h + 6 if title else 0)
+    bottom = 6 + text_h + 6 + (text_h + 6 if xlabel else 0)
+    x1, y1 = w - right, h - bottom  # plot area: (left, top) .. (x1, y1)
+
+    def px(x: float) -> float:
+        return left + x / max(n - 1, 1) * (x1 - left)
+
+    def py(y: float) -> float:
+        return top + (1 - (y - lo) / (hi - lo)) * (y1 - top)
+
+    for t in y_ticks:  # light grid lines first, under the frame
+        draw.line([(left + 1, py(t)), (x1 - 1, py(t))], fill=(235, 235, 235))
+    draw.rectangle([left, top, x1, y1], outline=(0, 0, 0))
+    for t, s in zip(y_ticks, y_labels, strict=True):
+        y = py(t)
+        draw.line([(left - 4, y), (left, y)], fill=(0, 0, 0))
+        tw = probe.textbbox((0, 0), s, font=font)[2]
+        draw.text((left - 6 - tw, y - text_h / 2 - 1), s, fill=(0, 0, 0), font=font)
+    for t in x_ticks:
+        x = px(t)
+        s = f"{t:g}"
+        draw.line([(x, y1), (x, y1 + 4)], fill=(0, 0, 0))
+        tw = probe.textbbox((0, 0), s, font=font)[2]
+        draw.text((min(max(x - tw / 2, 0), w - tw - 1), y1 + 6), s, fill=(0, 0, 0), font=font)
+    if title:
+        draw.text((left, 6), title, fill=(0, 0, 0), font=font)
+    if xlabel:
+        tw = probe.textbbox((0, 0), xlabel, font=font)[2]
+        draw.text(((left + x1 - tw) / 2, h - text_h - 6), xlabel, fill=(0, 0, 0), font=font)
+    if ylabel:
+        box = probe.textbbox((0, 0), ylabel, font=font)
+        tag = Image.new("RGB", (box[2] + 2, text_h + 4), (255, 255, 255))
+        ImageDraw.Draw(tag).text((1, 1), ylabel, fill=(0, 0, 0), font=font)
+        tag = tag.rotate(90, expand=True)
+        img.paste(tag, (4, max(0, round((top + y1 - tag.height) / 2))))
     for i, (name, v) in enumerate(data.items()):
         color = _LINE_COLORS[i % len(_LINE_COLORS)]
-        xs = left + (offsets.get(name, 0) + np.arange(len(v))) / max(n - 1, 1) * (w - left - right)
-        ys = top + (1 - (v - lo) / (hi - lo)) * (h - top - bottom)
-        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=color, width=2)
-        draw.text((w - right - 160, top + 6 + 14 * i), name, fill=color)
+        xs = [px(x) for x in (offsets.get(name, 0) + shift[name] + np.arange(len(v))).tolist()]
+        ys = [py(y) for y in v.tolist()]
+        if len(xs) > 1:
+            draw.line(list(zip(xs, ys, strict=True)), fill=color, width=2)
+        else:
+            draw.ellipse([xs[0] - 2, ys[0] - 2, xs[0] + 2, ys[0] + 2], fill=color)
+        draw.line([(x1 - 170, top + 12 + 16 * i), (x1 - 152, top + 12 + 16 * i)], fill=color, width=3)
+        draw.text((x1 - 146, top + 5 + 16 * i), name, fill=color, font=font)
     return img
 
 
-def nice_ticks(vmax: float, vmin: float = 0.0, max_ticks: int = 7) -> list[float]:
+def nice_ticks(vmax: float, vmin: float = 0.0, max_ticks: int = 7, degrees: bool = True) -> list[float]:
     """Round tick values from vmin to at most vmax (3..max_ticks of them when possible).
 
     Steps that end exactly on vmax are preferred (45 -> 0, 15, 30, 45; 90 -> 0, 15, ..., 90).
+    `degrees=False` leaves out the angle-friendly steps 15, 30, 45, 90 (e.g. for step counts).
     """
     span = float(vmax) - float(vmin)
     if not span > 0:
         return [float(vmin)]
-    steps = sorted({m * 10.0**e for e in range(-3, 5) for m in (1, 2, 2.5, 5)} | {15.0, 30.0, 45.0, 90.0})
+    steps = sorted(
+        {m * 10.0**e for e in range(-6, 9) for m in (1, 2, 2.5, 5)}
+        | ({15.0, 30.0, 45.0, 90.0} if degrees else set())
+    )
     fits = [s for s in steps if span / s <= max_ticks - 1 + 1e-9]
     exact = [s for s in fits if abs(span / s - round(span / s)) < 1e-9 and span / s >= 2 - 1e-9]
     step = (exact or fits or [span])[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -23,24 +25,30 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
+@contextmanager
+def image_errors(name: str | os.PathLike, what: str = "cannot decode image") -> Iterator[None]:
+    """Turn every way PIL fails on a file into one InputError line naming `name`."""
+    try:
+        yield
+    except FileNotFoundError:
+        kind = "broken link" if os.path.islink(name) else "file not found"
+        raise InputError(f"{name}: {kind}") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a folder (directory), not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: image too large (PIL decompression-bomb check: {e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        msg = " ".join(str(e).split())
+        raise InputError(f"{name}: {what} ({type(e).__name__}: {msg})") from None
+
+
 def png_header(path: str | os.PathLike, decode: bool = False) -> tuple[int, int, str]:
     """(width, height, PIL mode) from the file header; `decode=True` also decodes the pixels once,
     so a truncated or corrupt file fails here (at the start of a run) and not mid-run."""
-    try:
-        with Image.open(path) as img:
-            if decode:
-                img.load()
-            return img.size[0], img.size[1], img.mode
-    except FileNotFoundError:
-        kind = "broken link" if os.path.islink(path) else "file not found"
-        raise InputError(f"{path}: {kind}") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not an image file") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{path}: image too large (PIL decompression-bomb check: {e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(f"{path}: not a readable image ({type(e).__name__}: {msg})") from None
+    with image_errors(path, "not a readable image"), Image.open(path) as img:
+        if decode:
+            img.load()
+        return img.size[0], img.size[1], img.mode
 
 
 def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
@@ -128,24 +136,14 @@ def read_image_float(
     orientation tag. Every failure is an InputError naming `name` (default: the path).
     """
     name = str(path) if name is None else name
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {max_pixels})")
-            img.load()
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            return pil_to_float(img, name)
-    except FileNotFoundError:
-        raise InputError(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{name}: is a directory, not an image file") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{name}: image too large (PIL decompression-bomb check: {e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise InputError(f"{name}: cannot decode image ({type(e).__name__}: {msg})") from None
+    with image_errors(name), Image.open(path) as img:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {max_pixels})")
+        img.load()
+        if exif_transpose:
+            img = ImageOps.exif_transpose(img)
+        return pil_to_float(img, name)
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -155,19 +153,11 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 def load_png_rgb_strict(path: str | os.PathLike) -> np.ndarray:
     """Decode a PNG that must be 8-bit RGB (normal maps): uint8 HxWx3, else InputError."""
-    try:
-        with Image.open(path) as img:
-            if img.mode != "RGB":
-                raise InputError(f"{path}: expected an 8-bit RGB image (3 channels), got mode {img.mode}")
-            img.load()
-            return np.array(img)
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"{path}: image too large (PIL decompression-bomb check: {e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        msg = " ".join(str(e).split())
-        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {msg})") from None
+    with image_errors(path), Image.open(path) as img:
+        if img.mode != "RGB":
+            raise InputError(f"{path}: expected an 8-bit RGB image (3 channels), got mode {img.mode}")
+        img.load()
+        return np.array(img)
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:

@@ -119,7 +119,11 @@ class Diff2in1Pipeline(DiffusionPipeline):
         )
         hd = head if isinstance(head, NormalHead) else NormalHead.from_pretrained(head)
         check_head(hd, bb, "head" if isinstance(head, NormalHead) else str(head), str(bb.source))
-        return cls(bb.vae, bb.unet, bb.text_encoder, bb.tokenizer, bb.scheduler, hd.to(bb.device))
+        pipe = cls(bb.vae, bb.unet, bb.text_encoder, bb.tokenizer, bb.scheduler, hd.to(bb.device))
+        if pipe.backbone is not bb:  # share the given backbone: one set of tap hooks per UNet
+            pipe.backbone.taps.remove()
+            pipe.backbone = bb
+        return pipe
 
     def fingerprint(self) -> dict:
         """This backbone's fingerprint (what a head trained on it records)."""

@@ -34,7 +34,7 @@ from ..fingerprint import check_head
 from ..heads import NormalHead
 from ..outputs import refuse_overlap
 from ..runs import to_plain
-from ..viz import grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
+from ..viz import add_colorbar, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
 from .loop import mix_seed
 
 SPLIT = "train"
@@ -242,7 +242,7 @@ def create_data(
                         image_to_rgb(_to_hwc(it["image"])),
                         image_to_rgb(_to_hwc(rgb)),
                         normal_to_rgb(_to_hwc(nrm)),
-                        uncertainty_to_rgb(kap[0].cpu().numpy()),
+                        np.asarray(add_colorbar(uncertainty_to_rgb(kap[0].cpu().numpy()), 45.0)),
                     ]
                 )
         bar.update(len(jobs))

@@ -1,18 +1,26 @@
 """`diff2in1 demo`: the whole method end to end on procedural scenes with the shipped backbone.
 
-make scenes -> warm-up head -> create synthetic data -> self-improving stage, plus a control
-(the warm-up head trained for the same extra steps on original data only) -> evaluate all on
-the test scenes -> `report.md` with figures. Every stage writes its own run folder, so the
-demo resumes where it stopped when run again with the same `--out`.
+make scenes -> for each seed: warm-up head -> create synthetic data -> self-improving stage, plus
+a control (the warm-up head trained for the same extra steps on original data only) -> evaluate
+all on the test scenes -> `report.md` with figures, the arms compared over the seeds (mean and
+spread, and the self-improved minus control difference paired by seed with a 95 % interval).
+
+Layout: `data/` (the scenes, shared), `seed_<s>/{warmup,synthetic,self_improve,control,eval}`,
+`stage_times.json`, `metrics.json`, `report.md`, `fig_*.png`. Every stage writes its own run
+folder, so the demo resumes where it stopped when run again with the same `--out`; the time of
+each stage is kept in `stage_times.json` (a stage resumed after an interruption adds its runs).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import save_text
@@ -22,18 +30,50 @@ from ..data import NormalsDataset
 from ..data.scenes import make_scenes
 from ..heads import NormalHead
 from ..heads.normal_head import WEIGHTS_NAMES
+from ..metrics import angular_error_deg
 from ..runs import RunDir, to_plain
-from ..viz import grid, image_to_rgb, line_plot, normal_to_rgb, save_png, uncertainty_to_rgb
+from ..viz import (
+    add_colorbar,
+    error_to_rgb,
+    grid,
+    image_to_rgb,
+    line_plot,
+    normal_to_rgb,
+    reliability_plot,
+    save_png,
+    uncertainty_to_rgb,
+)
 from .create import create_data
 from .evaluate import evaluate, format_table
 from .predict import NormalPredictor
 from .self_improve import train_self_improve
 from .warmup import train_warmup
 
+WARMUP = "warm-up"
+EXPLOIT = "self-improved (exploitation)"
+CREATION = "self-improved (creation)"
+CONTROL = "control (warm-up + same steps, original data)"
+# arm -> (run folder, head folder) inside a seed's folder
+ARMS = {
+    WARMUP: ("warmup", "head"),
+    EXPLOIT: ("self_improve", "exploitation"),
+    CREATION: ("self_improve", "creation"),
+    CONTROL: ("control", "head"),
+}
+COLOR_MAX_DEG = 45.0  # colour scale of the error and uncertainty maps
+
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo; `quick()` is the one-minute version used by the tests."""
+    """Sizes of the demo; `quick()` is the smoke-test version used by the tests (no verdict).
+
+    Defaults (`make demo`, about 8 minutes on 2 CPU cores with `--threads 1`): 160 train / 40 test
+    scenes at 128x128 (the same scenes for every seed), and for each of the 2 seeds a warm-up of 8
+    epochs (160 steps of batch 8), 160 synthetic pairs (1 per training image, t_start 600, 50 DDIM
+    steps), a self-improving stage of 2 epochs over real + synthetic (80 steps, EMA 0.998 every 10
+    steps) and the control trained the same 80 steps on the real images only. `seed` is the seed of
+    the scenes; `seeds` those of the training runs (and of the synthetic data), one run each.
+    """
 
     out: str = "runs/demo"
     backbone: str = "tiny-scenes"
@@ -41,43 +81,80 @@ class DemoConfig:
     train: int = 160
     test: int = 40
     seed: int = 0
+    seeds: tuple[int, ...] = (0, 1)
     head: str = "small"
     batch_size: int = 8
     lr: float = 1e-3
-    warmup_epochs: int = 12
-    self_improve_epochs: int = 3
+    warmup_epochs: int = 8
+    self_improve_epochs: int = 2
     t_start: int = 600
     steps: int = 50
     ema_decay: float = 0.998
     ema_every: int = 10
     progress: bool = True
+    smoke: bool = False  # `--quick`: checks every stage runs; too small for a verdict
+
+    def __post_init__(self) -> None:
+        self.seeds = tuple(dict.fromkeys(int(s) for s in self.seeds))  # unique, in order
+        if not self.seeds:
+            raise ValueError("the demo needs at least one seed")
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
-        base = dict(train=24, test=8, warmup_epochs=3, self_improve_epochs=1, steps=12)
+        base = dict(train=24, test=8, warmup_epochs=3, self_improve_epochs=1, steps=12, smoke=True)
         return cls(**{**base, **kw})
 
 
-def _existing_or(run: Path, name: str, train) -> dict:
+class StageTimes:
+    """Seconds per stage, kept in a JSON file so a re-run of a finished demo keeps them.
+
+    Each record is {"seconds": s, "done": bool}. A stage that does work adds its time to the
+    record of an unfinished (interrupted) run of it, or starts afresh when its finished outputs
+    were removed; a stage that finds its outputs done leaves its time as it was.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+
+    def run(self, name: str, fn: Callable[[], tuple[object, bool]]):
+        """`fn() -> (result, did_work)`; returns the result and records the time."""
+        old = self.records.get(name, {"seconds": 0.0, "done": False})
+        before = 0.0 if old.get("done") else float(old.get("seconds") or 0.0)
+        t = time.perf_counter()
+        try:
+            result, worked = fn()
+        except BaseException:  # interrupted or failed: keep the time spent for the resumed run
+            self.records[name] = {"seconds": before + time.perf_counter() - t, "done": False}
+            self._save()
+            raise
+        if worked:
+            self.records[name] = {"seconds": before + time.perf_counter() - t, "done": True}
+        elif name not in self.records:  # done by a run that kept no times
+            self.records[name] = {"seconds": None, "done": True}
+        else:
+            self.records[name]["done"] = True
+        self._save()
+        return result
+
+    def seconds(self, name: str) -> float | None:
+        return self.records.get(name, {}).get("seconds")
+
+    def _save(self) -> None:
+        save_text(self.path, json.dumps(self.records, indent=1))
+
+
+def _existing_or(run: Path, name: str, train) -> tuple[dict, bool]:
     """Run a training stage unless its final head exists; resume it if it was interrupted."""
     if any((run / name / w).exists() for w in WEIGHTS_NAMES):
         rows = (run / "log.csv").read_text().strip().splitlines()[1:] if (run / "log.csv").exists() else []
-        return {"steps": len(rows), "losses": [float(r.split(",")[3]) for r in rows]}
+        return {"steps": len(rows), "losses": [float(r.split(",")[3]) for r in rows]}, False
     result = train(RunDir(run).config_path.exists())
-    return {"steps": result.steps, "losses": result.losses}
+    return {"steps": result.steps, "losses": result.losses}, True
 
 
-def run_demo(cfg: DemoConfig) -> Path:
-    """Run the demo into `cfg.out`; returns the path of `report.md`."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_text(out / "demo_config.json", json.dumps(to_plain(cfg), indent=1))
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    data = out / "data"
-    make_scenes(data, cfg.train, cfg.test, size=cfg.size, seed=cfg.seed, progress=cfg.progress)
-    times["make scenes"] = time.perf_counter() - t
-    backbone = load_backbone(cfg.backbone)
+def _run_seed(cfg: DemoConfig, seed: int, sd: Path, data: Path, backbone, times: StageTimes) -> dict:
+    """Warm-up, creation, self-improvement, control and evaluation of one seed in `sd`."""
     res = (cfg.size, cfg.size)
     common = dict(
         data=str(data),
@@ -85,189 +162,381 @@ def run_demo(cfg: DemoConfig) -> Path:
         resolution=res,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
-        seed=cfg.seed,
+        seed=seed,
         progress=cfg.progress,
         checkpoint_every=0,
         num_workers=0,  # small images: loading in the training process is cheaper than workers
     )
+    tag = f"seed {seed}: "
 
-    t = time.perf_counter()
-    wcfg = WarmupConfig(**common, out=str(out / "warmup"), head=cfg.head, epochs=cfg.warmup_epochs)
-    warm = _existing_or(out / "warmup", "head", lambda resume: train_warmup(wcfg, resume, backbone))
-    times["warm-up"] = time.perf_counter() - t
-    warm_head = out / "warmup" / "head"
+    wcfg = WarmupConfig(**common, out=str(sd / "warmup"), head=cfg.head, epochs=cfg.warmup_epochs)
+    warm = times.run(
+        tag + "warm-up",
+        lambda: _existing_or(sd / "warmup", "head", lambda resume: train_warmup(wcfg, resume, backbone)),
+    )
+    warm_head = sd / "warmup" / "head"
 
-    t = time.perf_counter()
     ccfg = CreateConfig(
         data=str(data),
         backbone=cfg.backbone,
         head=str(warm_head),
-        out=str(out / "synthetic"),
+        out=str(sd / "synthetic"),
         resolution=res,
         t_start=cfg.t_start,
         steps=cfg.steps,
-        seed=cfg.seed,
+        seed=seed,
         batch_size=cfg.batch_size,
         progress=cfg.progress,
     )
-    create_data(ccfg, backbone, NormalHead.from_pretrained(warm_head))
-    times["create data"] = time.perf_counter() - t
 
-    t = time.perf_counter()
+    def create():
+        made = create_data(ccfg, backbone, NormalHead.from_pretrained(warm_head))
+        return made, made.created > 0
+
+    times.run(tag + "create data", create)
+
     scfg = SelfImproveConfig(
         **common,
-        out=str(out / "self_improve"),
+        out=str(sd / "self_improve"),
         synthetic=[ccfg.out],
         init=str(warm_head),
         epochs=cfg.self_improve_epochs,
         ema_decay=cfg.ema_decay,
         ema_every=cfg.ema_every,
     )
-    si = _existing_or(
-        out / "self_improve", "exploitation", lambda resume: train_self_improve(scfg, resume, backbone)
+    si = times.run(
+        tag + "self-improve",
+        lambda: _existing_or(
+            sd / "self_improve", "exploitation", lambda resume: train_self_improve(scfg, resume, backbone)
+        ),
     )
-    times["self-improve"] = time.perf_counter() - t
 
-    t = time.perf_counter()
     # Control: the same number of extra steps on original data only, from the same warm-up head.
     kcfg = WarmupConfig(
-        **common, out=str(out / "control"), head=str(warm_head), epochs=10**6, max_steps=si["steps"]
+        **common, out=str(sd / "control"), head=str(warm_head), epochs=10**6, max_steps=si["steps"]
     )
-    control = _existing_or(out / "control", "head", lambda resume: train_warmup(kcfg, resume, backbone))
-    times["control"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    heads = {
-        "warm-up": warm_head,
-        "self-improved (exploitation)": out / "self_improve" / "exploitation",
-        "self-improved (creation)": out / "self_improve" / "creation",
-        "control (warm-up + same steps, original data)": out / "control" / "head",
-    }
-    predictors = {
-        k: NormalPredictor(backbone, NormalHead.from_pretrained(p), resolution=res) for k, p in heads.items()
-    }
-    metrics = {
-        k: evaluate(
-            p,
-            data,
-            "test",
-            out=out / "eval" / Path(heads[k]).parent.name / Path(heads[k]).name,
-            batch_size=cfg.batch_size,
-            progress=False,
-        ).metrics
-        for k, p in predictors.items()
-    }
-    times["evaluate"] = time.perf_counter() - t
-
-    figures = _figures(
-        out,
-        data,
-        predictors,
-        {"warm-up": warm["losses"], "self-improve": si["losses"], "control": control["losses"]},
-        res,
+    control = times.run(
+        tag + "control",
+        lambda: _existing_or(sd / "control", "head", lambda resume: train_warmup(kcfg, resume, backbone)),
     )
-    report = _report(cfg, metrics, times, figures, warm, si)
-    save_text(out / "report.md", report)
-    save_text(out / "metrics.json", json.dumps(metrics, indent=1))
+
+    def evaluate_all():
+        metrics, calibration, worked = {}, {}, False
+        for arm, (run, head) in ARMS.items():
+            where = sd / "eval" / run / head
+            if (where / "metrics.json").exists() and (where / "calibration.json").exists():
+                metrics[arm] = json.loads((where / "metrics.json").read_text())
+                calibration[arm] = json.loads((where / "calibration.json").read_text())
+                continue
+            result = evaluate(
+                NormalPredictor(backbone, NormalHead.from_pretrained(sd / run / head), resolution=res),
+                data,
+                "test",
+                out=where,
+                batch_size=cfg.batch_size,
+                progress=False,
+            )
+            metrics[arm], calibration[arm], worked = result.metrics, result.calibration, True
+        return (metrics, calibration), worked
+
+    metrics, calibration = times.run(tag + "evaluate", evaluate_all)
+    return {
+        "warm": warm,
+        "si": si,
+        "control": control,
+        "metrics": metrics,
+        "calibration": calibration,
+        "heads": {arm: sd / run / head for arm, (run, head) in ARMS.items()},
+    }
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run the demo into `cfg.out`; returns the path of `report.md`."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_text(out / "demo_config.json", json.dumps(to_plain(cfg), indent=1))
+    times = StageTimes(out / "stage_times.json")
+    data = out / "data"
+
+    def scenes():
+        made = make_scenes(data, cfg.train, cfg.test, size=cfg.size, seed=cfg.seed, progress=cfg.progress)
+        return made, made["written"] > 0
+
+    times.run("make scenes", scenes)
+    backbone = load_backbone(cfg.backbone)
+    runs = {s: _run_seed(cfg, s, out / f"seed_{s}", data, backbone, times) for s in cfg.seeds}
+
+    summary = summarize({s: r["metrics"] for s, r in runs.items()})
+    first = runs[cfg.seeds[0]]
+    figures = _figures(out, data, backbone, first, (cfg.size, cfg.size))
+    save_text(out / "report.md", _report(cfg, runs, summary, times, figures))
+    save_text(out / "metrics.json", json.dumps(summary, indent=1))
     return out / "report.md"
 
 
+# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom (table; 1.96 + 2.4/df above 30)."""
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def mean_interval(values: list[float]) -> dict:
+    """Mean, sample std and the 95 % t-interval of the mean (None with one value)."""
+    n = len(values)
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if n > 1 else None
+    half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else None
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "min": float(min(values)),
+        "max": float(max(values)),
+        "ci95": [mean - half, mean + half] if half is not None else None,
+        "t": t_quantile_975(n - 1) if n > 1 else None,
+    }
+
+
+def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict:
+    """Per-seed metrics {seed: {arm: metrics}} -> per-seed values, per-arm mean/std/min/max of every
+    metric, and the paired difference exploitation minus control (mean angular error) with its
+    95 % t-interval over the seeds."""
+    seeds = list(per_seed)
+    arms = list(per_seed[seeds[0]])
+    keys = [k for k in per_seed[seeds[0]][arms[0]] if k != "pixels"]
+    arm_stats = {
+        arm: {k: mean_interval([float(per_seed[s][arm][k]) for s in seeds]) for k in keys} for arm in arms
+    }
+    diffs = {s: float(per_seed[s][EXPLOIT]["mean"] - per_seed[s][CONTROL]["mean"]) for s in seeds}
+    return {
+        "seeds": seeds,
+        "per_seed": {str(s): per_seed[s] for s in seeds},
+        "arms": arm_stats,
+        "difference": {
+            "what": f"mean angular error (deg) of '{EXPLOIT}' minus '{CONTROL}', paired by seed",
+            "per_seed": {str(s): d for s, d in diffs.items()},
+            **mean_interval(list(diffs.values())),
+        },
+    }
+
+
 @torch.no_grad()
-def _figures(out: Path, data: Path, predictors: dict, losses: dict, res: tuple[int, int]) -> dict[str, str]:
+def _figures(out: Path, data: Path, backbone, first: dict, res: tuple[int, int]) -> dict[str, str]:
+    """Figures of the first seed: sample grid (with error maps), losses, calibration."""
     test = NormalsDataset(data, "test", size=res, captions=False)
-    names = ["warm-up", "self-improved (exploitation)"]
+    shown = {WARMUP: "warm-up", EXPLOIT: "self-improved"}
+    predictors = {
+        arm: NormalPredictor(backbone, NormalHead.from_pretrained(first["heads"][arm]), resolution=res)
+        for arm in shown
+    }
     rows = []
     for i in range(min(4, len(test))):
         item = test[i]
+        mask = item["mask"][0].numpy()
         row = [
             image_to_rgb(item["image"].permute(1, 2, 0).numpy()),
-            normal_to_rgb(item["normal"].permute(1, 2, 0).numpy(), item["mask"][0].numpy()),
+            normal_to_rgb(item["normal"].permute(1, 2, 0).numpy(), mask),
         ]
-        for n in names:
-            p = predictors[n](item["image"][None], ids=[i])
+        for arm in shown:
+            p = predictors[arm](item["image"][None], ids=[i])
+            err = angular_error_deg(p.normal[0], item["normal"]).numpy()
             row += [
                 normal_to_rgb(p.normal[0].permute(1, 2, 0).numpy()),
-                uncertainty_to_rgb(p.kappa[0, 0].numpy()),
+                np.asarray(add_colorbar(error_to_rgb(err, mask, COLOR_MAX_DEG), COLOR_MAX_DEG)),
+                np.asarray(
+                    add_colorbar(uncertainty_to_rgb(p.kappa[0, 0].numpy(), COLOR_MAX_DEG), COLOR_MAX_DEG)
+                ),
             ]
         rows.append(row)
-    labels = ["image", "ground truth", "warm-up", "warm-up uncert.", "self-improved", "self-impr. uncert."]
+    labels = ["image", "ground truth"]
+    for name in shown.values():
+        labels += [name, f"{name} error", f"{name} uncert."]
     save_png(grid(rows, labels, cell=128), out / "fig_samples.png")
+
+    losses = {"warm-up": first["warm"]["losses"], "self-improve": first["si"]["losses"]}
+    losses["control"] = first["control"]["losses"]
     start = len(losses["warm-up"])  # both later stages continue from the warm-up head
     plot = line_plot(
         losses,
-        "training loss per step (smoothed)",
+        "training loss per step (smoothed over 5 steps)",
         smooth=5,
         offsets={"self-improve": start, "control": start},
+        xlabel="optimizer step",
+        ylabel="loss",
     )
     save_png(plot, out / "fig_losses.png")
-    preview = sorted((out / "synthetic").glob("preview_*.png"))
-    files = {"samples": "fig_samples.png", "losses": "fig_losses.png"}
+
+    calib = {name: first["calibration"][arm] for arm, name in shown.items()}
+    save_png(reliability_plot(calib), out / "fig_calibration.png")
+    files = {"samples": "fig_samples.png", "losses": "fig_losses.png", "calibration": "fig_calibration.png"}
+    preview = sorted((first["heads"][WARMUP].parent.parent / "synthetic").glob("preview_*.png"))
     if preview:
-        files["synthetic"] = str(preview[0].relative_to(out))
+        files["synthetic"] = preview[0].relative_to(out).as_posix()
     return files
 
 
-def _report(cfg: DemoConfig, metrics: dict, times: dict, figures: dict, warm: dict, si: dict) -> str:
-    w = metrics["warm-up"]["mean"]
-    s = metrics["self-improved (exploitation)"]["mean"]
-    c = metrics["control (warm-up + same steps, original data)"]["mean"]
-    if s < c - 0.05:
-        verdict = (
-            f"Self-improvement helped on this data: mean error {s:.2f} deg vs {c:.2f} deg for the control "
-            f"trained for the same {si['steps']} extra steps on original data only."
+def _pm(st: dict, digits: int = 2) -> str:
+    """Mean ± std as text (the mean alone with one seed)."""
+    if st["std"] is None:
+        return f"{st['mean']:.{digits}f}"
+    return f"{st['mean']:.{digits}f} ± {st['std']:.{digits}f}"
+
+
+def _verdict(d: dict, seeds: int) -> str:
+    what = "self-improved (exploitation) head minus the control, mean angular error, paired by seed"
+    if d["ci95"] is None:
+        word = "beat" if d["mean"] < 0 else "did not beat"
+        return (
+            f"On its one seed, self-improvement {word} training longer on these scenes: difference "
+            f"{d['mean']:+.2f} deg ({what}); one seed gives no interval, run with more seeds."
         )
-    elif s > c + 0.05:
-        verdict = (
-            f"Self-improvement did not help on this data: mean error {s:.2f} deg vs {c:.2f} deg for the "
-            f"control trained for the same {si['steps']} extra steps on original data only."
+    lo, hi = d["ci95"]
+    word = "beat" if hi < 0 else "did not beat"
+    text = (
+        f"Self-improvement {word} training longer on these scenes: difference {d['mean']:+.2f} deg, "
+        f"95 % interval [{lo:+.2f}, {hi:+.2f}] ({what}, {seeds} seeds; negative = self-improvement better)."
+    )
+    if lo > 0:
+        text += " The control, trained for the same extra steps on the original data only, is better."
+    elif hi >= 0:
+        text += " The interval includes 0: these runs show no difference either way."
+    if seeds == 2:
+        text += (
+            f" With 2 seeds the interval is wide (t = {d['t']:.1f} with 1 degree of freedom): "
+            "it says how little two runs settle, not how large the effect is."
         )
-    else:
-        verdict = (
-            f"Self-improvement and the control are level on this data ({s:.2f} vs {c:.2f} deg mean error)."
-        )
-    lines = [
-        "# diff2in1 demo report",
-        "",
+    return text
+
+
+def _report(cfg: DemoConfig, runs: dict, summary: dict, times: StageTimes, figures: dict) -> str:
+    seeds = list(runs)
+    first = runs[seeds[0]]
+    arms, diff = summary["arms"], summary["difference"]
+    lines = ["# diff2in1 demo report", ""]
+    if cfg.smoke:
+        lines += [
+            "**Smoke run (`--quick`)**: it checks that every stage runs, on sizes far too small to "
+            "compare the arms, so it gives no verdict. Run `make demo` for the comparison.",
+            "",
+        ]
+    lines += [
         f"Backbone `{cfg.backbone}`, {cfg.train} train / {cfg.test} test procedural scenes at "
-        f"{cfg.size}x{cfg.size}, head `{cfg.head}`. Warm-up: {cfg.warmup_epochs} epochs "
-        f"({warm['steps']} steps). Synthetic data: 1 sample per training image, noise to t={cfg.t_start}, "
-        f"{cfg.steps} DDIM steps. Self-improving stage: {cfg.self_improve_epochs} epoch(s) "
-        f"({si['steps']} steps), EMA {cfg.ema_decay} every {cfg.ema_every} steps.",
+        f"{cfg.size}x{cfg.size} (scene seed {cfg.seed}), head `{cfg.head}`, {len(seeds)} training "
+        f"seed(s) ({', '.join(map(str, seeds))}) on the same scenes. Per seed: warm-up {cfg.warmup_epochs} "
+        f"epochs ({first['warm']['steps']} steps of batch {cfg.batch_size}); synthetic data: 1 sample per "
+        f"training image, noise to t={cfg.t_start}, {cfg.steps} DDIM steps; self-improving stage "
+        f"{cfg.self_improve_epochs} epoch(s) ({first['si']['steps']} steps), EMA {cfg.ema_decay} every "
+        f"{cfg.ema_every} steps; control: the warm-up head trained the same {first['control']['steps']} "
+        "extra steps on the original data only.",
         "",
-        "## Verdict",
+    ]
+    if not cfg.smoke:
+        lines += ["## Verdict", "", _verdict(diff, len(seeds)), ""]
+    lines += [
+        "## Arms over the seeds",
         "",
-        verdict + f" The warm-up head alone: {w:.2f} deg.",
+        f"Angular error on the {cfg.test} test scenes in degrees, pooled over their valid pixels "
+        f"(docs/method.md section 9): mean ± sample standard deviation over the {len(seeds)} seed(s). "
+        "Calibration gap: pixel-weighted mean |predicted expected error - observed mean error| over "
+        "the uncertainty bins (degrees; 0 = the uncertainty is exactly right on average).",
         "",
-        "## Surface-normal metrics on the test scenes",
+        "| arm | mean error | median error | <11.25 (%) | calib. gap |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, st in arms.items():
+        lines.append(
+            f"| {arm} | {_pm(st['mean'])} | {_pm(st['median'])} | {_pm(st['a11'], 1)} "
+            f"| {_pm(st['calibration_gap'])} |"
+        )
+    lines += [
         "",
-        "Angles in degrees, thresholds in % of valid pixels, pooled over all valid test pixels"
-        " (docs/method.md section 9).",
+        "### Per seed: self-improved minus control",
         "",
-        format_table(metrics),
+        "| seed | warm-up mean | self-improved mean | control mean | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for s in seeds:
+        m = runs[s]["metrics"]
+        lines.append(
+            f"| {s} | {m[WARMUP]['mean']:.2f} | {m[EXPLOIT]['mean']:.2f} | {m[CONTROL]['mean']:.2f} "
+            f"| {diff['per_seed'][str(s)]:+.2f} |"
+        )
+    ci = (
+        "no interval with one seed"
+        if diff["ci95"] is None
+        else "95 % interval [{:+.2f}, {:+.2f}]".format(*diff["ci95"])
+    )
+    lines += [
+        f"| mean | {arms[WARMUP]['mean']['mean']:.2f} | {arms[EXPLOIT]['mean']['mean']:.2f} "
+        f"| {arms[CONTROL]['mean']['mean']:.2f} | {diff['mean']:+.2f} ({ci}) |",
         "",
-        "## Figures",
+        "The interval is the t-interval of the mean difference over the seeds (Student's t with "
+        "seeds - 1 degrees of freedom).",
+        "",
+        "### All metrics (mean over the seeds)",
+        "",
+        format_table({arm: {k: v["mean"] for k, v in st.items()} for arm, st in arms.items()}),
+        "",
+        f"## Figures (seed {seeds[0]})",
         "",
         f"![samples]({figures['samples']})",
         "",
-        "Test scenes: image, ground truth, then prediction and uncertainty (expected angular error, "
-        "0-45 deg) of the warm-up and the self-improved head.",
+        "Test scenes: image, ground truth, then for the warm-up and the self-improved head: the "
+        f"prediction, its angular error against the ground truth and its uncertainty (expected angular "
+        f"error), both coloured 0-{COLOR_MAX_DEG:g} deg with their colour bars.",
+        "",
+        f"![calibration]({figures['calibration']})",
+        "",
+        "Calibration: observed mean angular error against the predicted expected error, per bin of "
+        "predicted error (test pixels); on the diagonal the uncertainty is right.",
         "",
     ]
     if "synthetic" in figures:
         lines += [
             f"![synthetic]({figures['synthetic']})",
             "",
-            "Synthetic pairs: source, new RGB, its normal map and uncertainty from the creation head.",
+            "Synthetic pairs: source, new RGB, its normal map and uncertainty (0-45 deg) from the "
+            "creation head.",
             "",
         ]
     lines += [
         f"![losses]({figures['losses']})",
         "",
+        "Training loss per optimizer step: warm-up, then the self-improving stage and the control, "
+        "both continuing from the warm-up head.",
+        "",
         "## Time per stage (seconds)",
         "",
-        "| stage | seconds |",
-        "|---|---|",
+        "Kept in `stage_times.json`: a re-run that finds a stage done keeps its time, a stage resumed "
+        "after an interruption adds its runs.",
+        "",
     ]
-    lines += [f"| {k} | {v:.1f} |" for k, v in times.items()]
-    lines += [f"| total | {sum(times.values()):.1f} |", ""]
+    stages = ["warm-up", "create data", "self-improve", "control", "evaluate"]
+    lines += [
+        "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " | all |",
+        "|---" * (len(seeds) + 2) + "|",
+    ]
+
+    def cell(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    def total(vs: list[float | None]) -> float | None:
+        known = [v for v in vs if v is not None]
+        return sum(known) if known else None
+
+    scenes = times.seconds("make scenes")
+    lines.append("| make scenes | " + " | ".join("" for _ in seeds) + f" | {cell(scenes)} |")
+    for st in stages:
+        vs = [times.seconds(f"seed {s}: {st}") for s in seeds]
+        lines.append(f"| {st} | " + " | ".join(cell(v) for v in vs) + f" | {cell(total(vs))} |")
+    per_seed = [total([times.seconds(f"seed {s}: {st}") for st in stages]) for s in seeds]
+    everything = total([scenes, *per_seed])
+    lines += ["| total | " + " | ".join(cell(v) for v in per_seed) + f" | {cell(everything)} |", ""]
     return "\n".join(lines)

@@ -110,6 +110,13 @@ def make_accelerator(cfg: TrainConfig):
     )
 
 
+def _bar_label(cfg: TrainConfig, epoch: int, step: int, by_steps: bool) -> str:
+    """The progress bar's label: steps of max_steps when max_steps bounds the run, else epochs."""
+    if by_steps:
+        return f"epoch {epoch + 1} (step {step}/{cfg.max_steps})"
+    return f"epoch {epoch + 1}/{cfg.epochs}"
+
+
 def run_training(
     cfg: TrainConfig,
     run: RunDir,
@@ -188,11 +195,14 @@ def run_training(
                 pin_memory=accelerator.device.type == "cuda",
             )
             first = sampler.start
+            # When max_steps ends the run before the epochs do (e.g. epochs=10**6 as "until max_steps"),
+            # the bar counts steps of max_steps, not epochs.
+            by_steps = bool(cfg.max_steps) and cfg.max_steps < cfg.epochs * (first + len(sampler))
             bar = tqdm(
                 loader,
-                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                desc=_bar_label(cfg, epoch, step, by_steps),
                 initial=first,
-                total=first + len(sampler),
+                total=first + (min(len(sampler), cfg.max_steps - step) if by_steps else len(sampler)),
                 disable=not (cfg.progress and accelerator.is_main_process),
             )
             for b, batch in enumerate(bar, start=first):
@@ -210,6 +220,8 @@ def run_training(
                     after_step(step // cfg.grad_accum)
                 value = float(accelerator.reduce(loss.detach(), "mean"))
                 losses.append(value)
+                if by_steps:
+                    bar.set_description(_bar_label(cfg, epoch, step, by_steps), refresh=False)
                 bar.set_postfix(loss=f"{value:.4f}")
                 if accelerator.is_main_process:
                     run.log(

@@ -43,14 +43,7 @@ class NormalPredictor:
         seed: int = 0,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
-        self.pipe = Diff2in1Pipeline(
-            backbone.vae,
-            backbone.unet,
-            backbone.text_encoder,
-            backbone.tokenizer,
-            backbone.scheduler,
-            head.to(backbone.device),
-        )
+        self.pipe = Diff2in1Pipeline.from_backbone(backbone, head)
         self.backbone, self.head = backbone, self.pipe.head
         res = resolution or head.config.processing_resolution or DEFAULT_RESOLUTION
         self.resolution = self.pipe._resolution(res)

@@ -375,12 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         k: getattr(a, k)
         for k in ("out", "size", "batch", "lr", "warmup_steps", "extra_steps", "recreations", "threads")
     }
+    args["spi4_sizes"] = [int(v) for v in a.spi4_sizes.split(",") if v]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         futures = {pool.submit(run_cell, args, n, s): (n, s) for n, s in jobs}
         for i, f in enumerate(as_completed(futures), 1):
             n, s = futures[f]
-            r = f.result()
+            try:
+                r = f.result()
+            except Exception as e:  # one failed cell must not hide the others' results
+                print(f"[{i}/{len(jobs)} cells] n={n} seed={s}: FAILED {type(e).__name__}: {e}", flush=True)
+                continue
             m = {k: round(v["mean"], 2) for k, v in r["arms"].items()}
             print(
                 f"[{i}/{len(jobs)} cells, {time.perf_counter() - t0:.0f} s] n={n} seed={s}: {m}", flush=True

@@ -63,12 +63,14 @@ def test_demo_quick_writes_report_with_figures(tmp_path, capsys):
         control = (out / f"seed_{seed}" / "control" / "log.csv").read_text().strip().splitlines()
         assert len(si) == len(control) > 1
         assert (out / f"seed_{seed}" / "eval" / "warmup" / "head" / "calibration.json").exists()
+    logs = {p: p.read_text() for p in out.glob("seed_*/*/log.csv")}
+    assert len(logs) == 6  # warm-up, self-improvement and control of each seed
     times = json.loads((out / "stage_times.json").read_text())
     assert all(r["done"] and r["seconds"] > 0 for r in times.values()), times
     table = report[report.index("## Time per stage") :]
     # Running again resumes: nothing is re-trained, the stage times and the report come back the same.
     assert main(args) == 0
-    assert (out / "seed_0" / "self_improve" / "log.csv").read_text().strip().splitlines() == si
+    assert {p: p.read_text() for p in out.glob("seed_*/*/log.csv")} == logs
     assert json.loads((out / "stage_times.json").read_text()) == times
     again = (out / "report.md").read_text()
     assert again[again.index("## Time per stage") :] == table

@@ -70,6 +70,7 @@ def test_progress_bar_counts_steps_when_max_steps_ends_the_run(scenes_root, tmp_
     assert train_warmup(cfg, backbone=tiny_backbone).steps == 3
     err = capsys.readouterr().err
     assert "(step 3/3)" in err and "1000000" not in err, err[-500:]
+    assert "100%" in err.strip().split("\r")[-1]  # the bar ends full though the loop stops at max_steps
 
 
 def test_resume_refuses_changed_settings(scenes_root, tmp_path, tiny_backbone):

@@ -525,7 +525,9 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 @command("demo", "the whole method end to end on procedural scenes with the shipped tiny backbone")
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="demo folder (resumes if it exists)")
-    p.add_argument("--quick", action="store_true", help="about a minute: fewer scenes, epochs and DDIM steps")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run (~1 min): tiny sizes, checks every stage, no verdict"
+    )
     p.add_argument("--backbone", help="backbone (default: the shipped tiny-scenes preset)")
     p.add_argument("--seed", type=int, help="seed of the procedural scenes (default 0)")
     p.add_argument(

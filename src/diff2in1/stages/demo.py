@@ -390,7 +390,7 @@ def _pm(st: dict, digits: int = 2) -> str:
 
 
 def _verdict(d: dict, seeds: int) -> str:
-    what = "self-improved (exploitation) head minus the control, mean angular error, paired by seed"
+    what = "mean angular error of the self-improved exploitation head minus the control's, paired by seed"
     if d["ci95"] is None:
         word = "beat" if d["mean"] < 0 else "did not beat"
         return (

@@ -235,6 +235,8 @@ def run_training(
                     )
                 if cfg.max_steps and step >= cfg.max_steps:
                     done = True
+                    bar.n = b + 1  # leaving the loop early: tqdm would not count this last batch
+                    bar.close()
                     save_state(*position)
                     break
             else:

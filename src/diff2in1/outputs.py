@@ -20,7 +20,7 @@ def refuse_overlap(out: str | Path, flag: str = "--out", **inputs: str | Path | 
             if not v or not Path(v).expanduser().exists():
                 continue
             i = _resolved(v)
-            what = f"--{name.replace('_', '-')} {v}"
+            what = f"{v}" if name == "inputs" else f"--{name.replace('_', '-')} {v}"  # positional inputs
             if o == i:
                 raise InputError(f"{flag} {out}: is the input {what}; write outputs elsewhere")
             if i in o.parents:

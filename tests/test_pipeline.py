@@ -345,3 +345,47 @@ def test_pipelines_on_one_backbone_share_its_tap_hooks(scenes_backbone, pipe):
     Diff2in1Pipeline.from_backbone(scenes_backbone, pipe.head)
     NormalPredictor(scenes_backbone, pipe.head)
     assert hooks() == before == 25
+
+
+def test_convert_research_cli_writes_a_pipeline_that_loads(tmp_path, tiny_backbone, capsys):
+    """Released-format files (plain state_dicts with the research key names) for a head on the tiny
+    backbone's taps -> `convert-research` -> a pipeline folder with exactly those weights."""
+    from diff2in1.heads.research_import import DECODER_KEY_MAP, FUSION_KEY_MAP
+
+    torch.manual_seed(3)
+    head = build_head("small", tiny_backbone)
+    ours = head.state_dict()
+
+    def to_research(prefix: str, key_map) -> dict:
+        out = {}
+        for k, v in ours.items():
+            if k.startswith(prefix):
+                old, new = next((o, n) for o, n in key_map if k.startswith(n))
+                out[old + k[len(new) :]] = v.clone()
+        return out
+
+    fusion, decoder = tmp_path / "checkpoint_1.pth", tmp_path / "checkpoint_bae_1.pth"
+    torch.save(to_research("fusion.", FUSION_KEY_MAP), fusion)
+    torch.save(to_research("decoder.", DECODER_KEY_MAP), decoder)
+    out = tmp_path / "pipe"
+    argv = [
+        "convert-research",
+        "--fusion",
+        fusion,
+        "--decoder",
+        decoder,
+        "--backbone",
+        "tiny",
+        "--out",
+        out,
+        "--resolution",
+        "64",
+    ]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    pipe = Diff2in1Pipeline.from_pretrained(out)
+    assert pipe.head.config.processing_resolution == 64 and pipe.head.config.backbone is not None
+    got = pipe.head.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in ours.items())
+    assert pipe(photo(), show_progress_bar=False).normals.shape == (1, 48, 64, 3)
+    assert main([str(a) for a in argv]) == 2  # an existing pipeline folder is never overwritten
+    assert "exists" in capsys.readouterr().err

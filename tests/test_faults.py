@@ -90,6 +90,10 @@ def warm_args(data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def eval_args(data: Path, head: Path, out: Path) -> list:
+    return ["evaluate", "--data", data, "--backbone", "tiny", "--head", head, "--out", out, "--no-progress"]
+
+
 def create_args(data: Path, head: Path, out: Path, *extra: str) -> list[str]:
     return [
         "create-data",
@@ -490,21 +494,7 @@ def test_upper_case_jpg_and_comma_names(scenes_root, small_head_dir, tmp_path, c
     for sub in ("img", "norm", "caption", "norm_npy"):
         for p in (data / "test" / sub).glob("scene_000001.*"):
             p.rename(p.with_name("a,b" + p.suffix))
-    code, out, err = run_cli(
-        [
-            "evaluate",
-            "--data",
-            data,
-            "--backbone",
-            "tiny",
-            "--head",
-            small_head_dir,
-            "--out",
-            tmp_path / "e",
-            "--no-progress",
-        ],
-        capsys,
-    )
+    code, out, err = run_cli(eval_args(data, small_head_dir, tmp_path / "e"), capsys)
     assert code == 0, err
     import csv
 
@@ -515,21 +505,7 @@ def test_upper_case_jpg_and_comma_names(scenes_root, small_head_dir, tmp_path, c
 def test_latin1_caption_does_not_stop_evaluation(scenes_root, small_head_dir, tmp_path, capsys):
     data = copy_scenes(scenes_root, tmp_path / "data")
     (data / "test" / "caption" / "scene_000000.txt").write_bytes("caf\xe9".encode("latin-1"))
-    code, _, err = run_cli(
-        [
-            "evaluate",
-            "--data",
-            data,
-            "--backbone",
-            "tiny",
-            "--head",
-            small_head_dir,
-            "--out",
-            tmp_path / "e",
-            "--no-progress",
-        ],
-        capsys,
-    )
+    code, _, err = run_cli(eval_args(data, small_head_dir, tmp_path / "e"), capsys)
     assert code == 0, err
 
 

@@ -88,10 +88,10 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
     if done.exists():
         return json.loads(done.read_text())
     data = _link_view(root / "data", root / f"data_n{n:03d}", n)
-    backbone = load_backbone("tiny-scenes")
+    backbone = load_backbone(args["backbone"])
     res = (args["size"], args["size"])
     common = dict(
-        backbone="tiny-scenes",
+        backbone=args["backbone"],
         resolution=res,
         batch_size=args["batch"],
         lr=args["lr"],
@@ -116,7 +116,7 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
         t = time.perf_counter()
         ccfg = CreateConfig(
             data=str(source),
-            backbone="tiny-scenes",
+            backbone=args["backbone"],
             head=str(head),
             out=str(folder),
             resolution=res,
@@ -141,56 +141,64 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
         "head",
     )
     heads = {"warmup": warm}
-    heads["control"] = train(
-        "warmup",
-        cell / "control",
-        WarmupConfig(
-            **common, data=str(data), out=str(cell / "control"), head=str(warm), max_steps=args["extra_steps"]
-        ),
-        "head",
-    )
-    si = dict(ema_decay=0.998, ema_every=10)
-    for spi in (1, 4):
-        if spi == 4 and n not in args["spi4_sizes"]:
-            continue
-        syn = create(cell / f"synthetic_spi{spi}", warm, spi, data)
-        heads[f"si_spi{spi}"] = train(
+    every = None
+    if args["usefulness_only"]:  # only what the synthetic-only comparison needs
+        create(cell / "synthetic_spi1", warm, 1, data)
+    else:
+        heads["control"] = train(
+            "warmup",
+            cell / "control",
+            WarmupConfig(
+                **common,
+                data=str(data),
+                out=str(cell / "control"),
+                head=str(warm),
+                max_steps=args["extra_steps"],
+            ),
+            "head",
+        )
+        si = dict(ema_decay=0.998, ema_every=10)
+        for spi in (1, 4):
+            if spi == 4 and n not in args["spi4_sizes"]:
+                continue
+            syn = create(cell / f"synthetic_spi{spi}", warm, spi, data)
+            heads[f"si_spi{spi}"] = train(
+                "si",
+                cell / f"si_spi{spi}",
+                SelfImproveConfig(
+                    **common,
+                    **si,
+                    data=str(data),
+                    out=str(cell / f"si_spi{spi}"),
+                    synthetic=[str(syn)],
+                    init=str(warm),
+                    max_steps=args["extra_steps"],
+                ),
+                "exploitation",
+            )
+        steps_per_epoch = max(1, (2 * n) // args["batch"])
+        every = max(1, math.ceil(args["extra_steps"] / steps_per_epoch / args["recreations"]))
+        heads["si_recreate"] = train(
             "si",
-            cell / f"si_spi{spi}",
+            cell / "si_recreate",
             SelfImproveConfig(
                 **common,
                 **si,
                 data=str(data),
-                out=str(cell / f"si_spi{spi}"),
-                synthetic=[str(syn)],
+                out=str(cell / "si_recreate"),
                 init=str(warm),
+                recreate_every=every,
                 max_steps=args["extra_steps"],
+                create={
+                    "samples_per_image": 1,
+                    "t_start": 600,
+                    "steps": 50,
+                    "batch_size": args["batch"],
+                    "preview": 0,
+                },
             ),
             "exploitation",
         )
-    steps_per_epoch = max(1, (2 * n) // args["batch"])
-    every = max(1, math.ceil(args["extra_steps"] / steps_per_epoch / args["recreations"]))
-    heads["si_recreate"] = train(
-        "si",
-        cell / "si_recreate",
-        SelfImproveConfig(
-            **common,
-            **si,
-            data=str(data),
-            out=str(cell / "si_recreate"),
-            init=str(warm),
-            recreate_every=every,
-            max_steps=args["extra_steps"],
-            create={
-                "samples_per_image": 1,
-                "t_start": 600,
-                "steps": 50,
-                "batch_size": args["batch"],
-                "preview": 0,
-            },
-        ),
-        "exploitation",
-    )
     if n == max(SIZES):
         syn_data = cell / "synthetic_spi1"
         heads["synthetic_only"] = train(
@@ -244,11 +252,17 @@ def aggregate(results: list[dict]) -> dict:
             entry = {"seeds": len(have)}
             for metric in ("mean", "median", "calibration_gap"):
                 entry[metric] = mean_ci([r["arms"][arm][metric] for r in have])
-            entry["diff_mean"] = mean_ci(
-                [r["arms"][arm]["mean"] - r["arms"]["control"]["mean"] for r in have]
+            paired = [r for r in have if "control" in r["arms"]]  # usefulness-only runs have none
+            nan = (float("nan"),) * 3
+            entry["diff_mean"] = (
+                mean_ci([r["arms"][arm]["mean"] - r["arms"]["control"]["mean"] for r in paired])
+                if paired
+                else nan
             )
-            entry["diff_median"] = mean_ci(
-                [r["arms"][arm]["median"] - r["arms"]["control"]["median"] for r in have]
+            entry["diff_median"] = (
+                mean_ci([r["arms"][arm]["median"] - r["arms"]["control"]["median"] for r in paired])
+                if paired
+                else nan
             )
             table[(n, arm)] = entry
     return table
@@ -339,12 +353,17 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
     # What the intervals say, computed: a difference counts only if its 95 % interval excludes 0.
     better = [(n, a) for (n, a), e in table.items() if a.startswith("si") and e["diff_mean"][2] < 0]
     worse = [(n, a) for (n, a), e in table.items() if a.startswith("si") and e["diff_mean"][1] > 0]
+    has_si = any(a.startswith("si") for _, a in table)
     verdict = (
-        "Self-improvement beat the control (95 % interval of the paired difference below 0) in: "
-        + ", ".join(f"n={n} {a}" for n, a in sorted(better))
-        if better
-        else "In no cell did self-improvement beat the control: every 95 % interval of the paired "
-        "difference (self-improved minus control, test mean error) reaches 0 or lies above it."
+        ""
+        if not has_si
+        else (
+            "Self-improvement beat the control (95 % interval of the paired difference below 0) in: "
+            + ", ".join(f"n={n} {a}" for n, a in sorted(better))
+            if better
+            else "In no cell did self-improvement beat the control: every 95 % interval of the paired "
+            "difference (self-improved minus control, test mean error) reaches 0 or lies above it."
+        )
     )
     if worse:
         verdict += (
@@ -401,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         "--recreations", type=int, default=2, help="re-creations of the set during the extra steps"
     )
     p.add_argument("--spi4-sizes", default="20,40", help="sizes that also run 4 samples per image")
+    p.add_argument("--backbone", default="tiny-scenes", help="backbone (preset or folder)")
+    p.add_argument(
+        "--usefulness-only",
+        action="store_true",
+        help="only warm-up, 1 synthetic sample/scene, synthetic-only",
+    )
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel (one process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--report", help="write the aggregate table + figure next to this .md path (no training)")
@@ -421,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in ("out", "size", "batch", "lr", "warmup_steps", "extra_steps", "recreations", "threads")
     }
     args["spi4_sizes"] = [int(v) for v in a.spi4_sizes.split(",") if v]
+    args["backbone"], args["usefulness_only"] = a.backbone, a.usefulness_only
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         futures = {pool.submit(run_cell, args, n, s): (n, s) for n, s in jobs}

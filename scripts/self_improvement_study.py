@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args["spi4_sizes"] = [int(v) for v in a.spi4_sizes.split(",") if v]
     args["backbone"], args["usefulness_only"] = a.backbone, a.usefulness_only
+    for n in sizes:  # here, not in the cells: parallel cells of one size would race for the links
+        _link_view(root / "data", root / f"data_n{n:03d}", n)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         futures = {pool.submit(run_cell, args, n, s): (n, s) for n, s in jobs}

@@ -205,18 +205,7 @@ CASES = [
     ),
     Case(
         "evaluate --out inside the data",
-        lambda t, d, h: [
-            "evaluate",
-            "--data",
-            d,
-            "--backbone",
-            "tiny",
-            "--head",
-            h,
-            "--out",
-            d / "test" / "img",
-            "--no-progress",
-        ],
+        lambda t, d, h: eval_args(d, h, d / "test" / "img"),
         ("lies inside the input",),
     ),
     Case(
@@ -307,18 +296,7 @@ CASES = [
     ),
     Case(
         "head with NaN weights: evaluate",
-        lambda t, d, h: [
-            "evaluate",
-            "--data",
-            d,
-            "--backbone",
-            "tiny",
-            "--head",
-            _nan_head(t, h),
-            "--out",
-            t / "e",
-            "--no-progress",
-        ],
+        lambda t, d, h: eval_args(d, _nan_head(t, h), t / "e"),
         ("not finite",),
     ),
     Case(

@@ -39,6 +39,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ARMS = ("warmup", "control", "si_spi1", "si_spi4", "si_recreate")
+# Heads trained from scratch on other data, for the largest size only (see run_cell).
+USEFULNESS = ("synthetic_only", "pseudo_real", "synthetic_gt", "other_synthetic_gt")
 SIZES = (20, 40, 80, 160)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -68,8 +70,71 @@ def _head_done(folder: Path) -> bool:
     return (folder / "diffusion_pytorch_model.safetensors").exists()
 
 
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        dst.symlink_to(src.resolve())
+
+
+def _pseudo_real_data(folder: Path, data: Path, backbone, head: Path, res: tuple[int, int]) -> Path:
+    """The labelled real training images, labelled by `head` instead of their true normals."""
+    from diff2in1.data import NormalsDataset, write_sample
+    from diff2in1.heads import NormalHead
+    from diff2in1.stages.predict import NormalPredictor
+
+    if (folder / "done").exists():
+        return folder
+    pred = NormalPredictor(backbone, NormalHead.from_pretrained(head), resolution=res)
+    ds = NormalsDataset(data, "train", size=res, labels=False)
+    for i in range(len(ds)):
+        it = ds[i]
+        out = pred(it["image"][None])
+        normal = out.normal[0].permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+        write_sample(folder, "train", it["id"], it["image"], normal, it["caption"])
+    (folder / "done").write_text("")
+    return folder
+
+
+def _synthetic_gt_data(folder: Path, synthetic: Path, pool: Path) -> Path:
+    """The synthetic images, labelled with the true normals of the scene each was made from."""
+    if (folder / "done").exists():
+        return folder
+    for meta in sorted((synthetic / "meta").glob("*.json")):
+        m = json.loads(meta.read_text())
+        sid, src = m["id"], m["source_id"]
+        for sub, root, name in (
+            ("img", synthetic, sid),
+            ("caption", synthetic, sid),
+            ("norm", pool, src),
+            ("norm_npy", pool, src),
+        ):
+            for f in (root / "train" / sub).glob(f"{name}.*"):
+                _link(f, folder / "train" / sub / f"{sid}{f.suffix}")
+    (folder / "done").write_text("")
+    return folder
+
+
+def label_error(labelled: Path, pool: Path) -> float:
+    """Mean angle (deg) between a folder's training labels and the true normals of their source
+    scenes (`<id>` or `<id>_syn<k>`), over the true normals' valid pixels."""
+    import numpy as np
+
+    from diff2in1.data.layout import valid_mask_of
+    from diff2in1.metrics import angular_error_deg
+
+    total, count = 0.0, 0
+    for f in sorted((labelled / "train" / "norm_npy").glob("*.npy")):
+        src = f.stem.split("_syn")[0]
+        label, truth = np.load(f), np.load(pool / "train" / "norm_npy" / f"{src}.npy")
+        mask = valid_mask_of(truth)
+        err = angular_error_deg(label, truth, dim=-1)[mask]
+        total, count = total + float(err.sum()), count + int(err.size)
+    return total / max(count, 1)
+
+
 def run_cell(args: dict, n: int, seed: int) -> dict:
-    """Train and evaluate every arm of one (n, seed) cell; returns (and writes) its results."""
+    """Train and evaluate the requested arms of one (n, seed) cell; returns (and writes) its
+    results. Arms already in the cell's results.json are kept, missing ones are added."""
     import torch
 
     torch.set_num_threads(args["threads"])
@@ -85,9 +150,19 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
     root = Path(args["out"])
     cell = root / f"n{n:03d}_seed{seed}"
     done = cell / "results.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    data = _link_view(root / "data", root / f"data_n{n:03d}", n)
+    results = (
+        json.loads(done.read_text())
+        if done.exists()
+        else {"n": n, "seed": seed, "arms": {}, "seconds": {}, "recreate_every_epochs": None}
+    )
+    usefulness = n == max(args["sizes"])
+    want = [a for a in args["arms"] if a not in USEFULNESS or usefulness]
+    want = [a for a in want if a != "si_spi4" or n in args["spi4_sizes"]]
+    measured = ("label_error" in results["arms"].get(a, {"label_error": 0}) for a in USEFULNESS if a in want)
+    if all(a in results["arms"] for a in want) and all(measured):
+        return results
+    pool = root / "data"
+    data = _link_view(pool, root / f"data_n{n:03d}", n)
     backbone = load_backbone(args["backbone"])
     res = (args["size"], args["size"])
     common = dict(
@@ -101,19 +176,25 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
         num_workers=0,
         epochs=10**6,
     )
-    times: dict[str, float] = {}
+    times: dict[str, float] = results["seconds"]
+
+    def timed(name: str, work) -> None:
+        t = time.perf_counter()
+        work()
+        if name not in times:  # a resumed stage keeps the time of the run that did the work
+            times[name] = time.perf_counter() - t
 
     def train(kind: str, folder: Path, cfg, head_name: str) -> Path:
-        t = time.perf_counter()
         if not _head_done(folder / head_name):
             resume = (folder / "state" / "state.json").exists()
             fn = train_warmup if kind == "warmup" else train_self_improve
-            fn(cfg, resume, backbone)
-        times[folder.name] = times.get(folder.name, 0.0) + time.perf_counter() - t
+            timed(folder.name, lambda: fn(cfg, resume, backbone))
         return folder / head_name
 
+    def warmup_cfg(source: Path, folder: Path, head: str, steps: int) -> WarmupConfig:
+        return WarmupConfig(**common, data=str(source), out=str(folder), head=head, max_steps=steps)
+
     def create(folder: Path, head: Path, spi: int, source: Path) -> Path:
-        t = time.perf_counter()
         ccfg = CreateConfig(
             data=str(source),
             backbone=args["backbone"],
@@ -128,56 +209,44 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
             progress=False,
             preview=0,
         )
-        create_data(ccfg, backbone, NormalHead.from_pretrained(head))
-        times[folder.name] = time.perf_counter() - t
+        if not (folder / "manifest.jsonl").exists():
+            timed(folder.name, lambda: create_data(ccfg, backbone, NormalHead.from_pretrained(head)))
         return folder
 
     warm = train(
-        "warmup",
-        cell / "warmup",
-        WarmupConfig(
-            **common, data=str(data), out=str(cell / "warmup"), head="small", max_steps=args["warmup_steps"]
-        ),
-        "head",
+        "warmup", cell / "warmup", warmup_cfg(data, cell / "warmup", "small", args["warmup_steps"]), "head"
     )
     heads = {"warmup": warm}
-    every = None
-    if args["usefulness_only"]:  # only what the synthetic-only comparison needs
-        create(cell / "synthetic_spi1", warm, 1, data)
-    else:
+    if "control" in want:
         heads["control"] = train(
             "warmup",
             cell / "control",
-            WarmupConfig(
-                **common,
-                data=str(data),
-                out=str(cell / "control"),
-                head=str(warm),
-                max_steps=args["extra_steps"],
-            ),
+            warmup_cfg(data, cell / "control", str(warm), args["extra_steps"]),
             "head",
         )
-        si = dict(ema_decay=0.998, ema_every=10)
-        for spi in (1, 4):
-            if spi == 4 and n not in args["spi4_sizes"]:
-                continue
-            syn = create(cell / f"synthetic_spi{spi}", warm, spi, data)
-            heads[f"si_spi{spi}"] = train(
-                "si",
-                cell / f"si_spi{spi}",
-                SelfImproveConfig(
-                    **common,
-                    **si,
-                    data=str(data),
-                    out=str(cell / f"si_spi{spi}"),
-                    synthetic=[str(syn)],
-                    init=str(warm),
-                    max_steps=args["extra_steps"],
-                ),
-                "exploitation",
-            )
+    si = dict(ema_decay=0.998, ema_every=10)
+    for spi in (1, 4):
+        if f"si_spi{spi}" not in want:
+            continue
+        syn = create(cell / f"synthetic_spi{spi}", warm, spi, data)
+        heads[f"si_spi{spi}"] = train(
+            "si",
+            cell / f"si_spi{spi}",
+            SelfImproveConfig(
+                **common,
+                **si,
+                data=str(data),
+                out=str(cell / f"si_spi{spi}"),
+                synthetic=[str(syn)],
+                init=str(warm),
+                max_steps=args["extra_steps"],
+            ),
+            "exploitation",
+        )
+    if "si_recreate" in want:
         steps_per_epoch = max(1, (2 * n) // args["batch"])
         every = max(1, math.ceil(args["extra_steps"] / steps_per_epoch / args["recreations"]))
+        results["recreate_every_epochs"] = every
         heads["si_recreate"] = train(
             "si",
             cell / "si_recreate",
@@ -199,27 +268,39 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
             ),
             "exploitation",
         )
-    if n == max(SIZES):
-        syn_data = cell / "synthetic_spi1"
-        heads["synthetic_only"] = train(
-            "warmup",
-            cell / "synthetic_only",
-            WarmupConfig(
-                **common,
-                data=str(syn_data),
-                out=str(cell / "synthetic_only"),
-                head="small",
-                max_steps=args["warmup_steps"],
-            ),
-            "head",
+    # Usefulness of the synthetic pairs, and what limits it: heads trained from scratch for the
+    # warm-up's steps on (synthetic images, creation-head labels), (real images, warm-up-head
+    # labels) and (synthetic images, their source scenes' true normals).
+    sources = {}
+    if "synthetic_only" in want or "synthetic_gt" in want:
+        sources["synthetic_only"] = create(cell / "synthetic_spi1", warm, 1, data)
+    if "pseudo_real" in want:
+        sources["pseudo_real"] = _pseudo_real_data(cell / "pseudo_real_data", data, backbone, warm, res)
+    if "synthetic_gt" in want:
+        sources["synthetic_gt"] = _synthetic_gt_data(
+            cell / "synthetic_gt_data", sources["synthetic_only"], pool
         )
-    results = {"n": n, "seed": seed, "arms": {}, "seconds": times, "recreate_every_epochs": every}
+    if "other_synthetic_gt" in want:  # another generator's images, this backbone's features
+        other = Path(args["images_of"]) / cell.name / "synthetic_gt_data"
+        if not (other / "done").exists():
+            raise FileNotFoundError(f"{other}: no finished synthetic_gt data (run that study first)")
+        sources["other_synthetic_gt"] = other
+    for arm, source in sources.items():
+        if arm in want:
+            heads[arm] = train(
+                "warmup", cell / arm, warmup_cfg(source, cell / arm, "small", args["warmup_steps"]), "head"
+            )
     for arm, head in heads.items():
-        pred = NormalPredictor(backbone, NormalHead.from_pretrained(head), resolution=res)
-        ev = evaluate(
-            pred, root / "data", "test", out=cell / "eval" / arm, batch_size=args["batch"], progress=False
-        )
-        results["arms"][arm] = {k: ev.metrics[k] for k in ("mean", "median", "a11", "calibration_gap")}
+        if arm not in results["arms"]:
+            pred = NormalPredictor(backbone, NormalHead.from_pretrained(head), resolution=res)
+            ev = evaluate(
+                pred, pool, "test", out=cell / "eval" / arm, batch_size=args["batch"], progress=False
+            )
+            results["arms"][arm] = {k: ev.metrics[k] for k in ("mean", "median", "a11", "calibration_gap")}
+        if arm in sources and "label_error" not in results["arms"][arm]:
+            results["arms"][arm]["label_error"] = label_error(sources[arm], pool)
+    if "warmup" in results["arms"] and "label_error" not in results["arms"]["warmup"]:
+        results["arms"]["warmup"]["label_error"] = 0.0  # true normals
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, done)
@@ -242,7 +323,7 @@ def aggregate(results: list[dict]) -> dict:
     """{(n, arm): {mean: (m, lo, hi), median: ..., diff_mean: ... (arm - control, paired by seed)}}."""
     table: dict = {}
     sizes = sorted({r["n"] for r in results})
-    arms = [a for a in (*ARMS, "synthetic_only") if any(a in r["arms"] for r in results)]
+    arms = [a for a in (*ARMS, *USEFULNESS) if any(a in r["arms"] for r in results)]
     for n in sizes:
         rows = [r for r in results if r["n"] == n]
         for arm in arms:
@@ -250,8 +331,9 @@ def aggregate(results: list[dict]) -> dict:
             if not have:
                 continue
             entry = {"seeds": len(have)}
-            for metric in ("mean", "median", "calibration_gap"):
-                entry[metric] = mean_ci([r["arms"][arm][metric] for r in have])
+            for metric in ("mean", "median", "calibration_gap", "label_error"):
+                if all(metric in r["arms"][arm] for r in have):
+                    entry[metric] = mean_ci([r["arms"][arm][metric] for r in have])
             paired = [r for r in have if "control" in r["arms"]]  # usefulness-only runs have none
             nan = (float("nan"),) * 3
             entry["diff_mean"] = (
@@ -323,6 +405,43 @@ def figure(table: dict, path: Path) -> None:
     img.save(path)
 
 
+def samples_figure(root: Path, path: Path, count: int = 4) -> bool:
+    """Synthetic pairs of the largest size's seed-0 cell beside their source scenes: source, synthetic
+    image, the source's true normals, the creation head's label, and the angle between the two
+    normal maps (colour bar in degrees). False if no cell has synthetic data yet."""
+    import numpy as np
+    from PIL import Image
+
+    from diff2in1.data.layout import valid_mask_of
+    from diff2in1.metrics import angular_error_deg
+    from diff2in1.viz import add_colorbar, error_to_rgb, grid, normal_to_rgb, save_png
+
+    cells = sorted(root.glob("n*_seed0/synthetic_spi1/meta"))
+    if not cells:
+        return False
+    syn, pool = cells[-1].parent, root / "data" / "train"
+    rows = []
+    for meta in sorted(syn.glob("meta/*.json"))[:count]:
+        m = json.loads(meta.read_text())
+        sid, src = m["id"], m["source_id"]
+        truth = np.load(pool / "norm_npy" / f"{src}.npy")
+        label = np.load(syn / "train" / "norm_npy" / f"{sid}.npy")
+        mask = valid_mask_of(truth)
+        err = angular_error_deg(label, truth, dim=-1)
+        rows.append(
+            [
+                np.asarray(Image.open(next((pool / "img").glob(f"{src}.*"))).convert("RGB")),
+                np.asarray(Image.open(next((syn / "train" / "img").glob(f"{sid}.*"))).convert("RGB")),
+                normal_to_rgb(truth, mask),
+                normal_to_rgb(label),
+                np.asarray(add_colorbar(error_to_rgb(err, mask, 90.0), 90.0)),
+            ]
+        )
+    labels = ["source scene", "synthetic image", "source normals", "creation label", "angle (deg)"]
+    save_png(grid(rows, labels, cell=128), path)
+    return True
+
+
 def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
     results = [json.loads(p.read_text()) for p in sorted(root.glob("n*_seed*/results.json"))]
     if not results:
@@ -330,6 +449,8 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
     table = aggregate(results)
     fig = out_md.with_suffix(".png")
     figure(table, fig)
+    samples = out_md.with_suffix(".samples.png")
+    has_samples = samples_figure(root, samples)
     sizes = sorted({n for n, _ in table})
     lines = [
         "| n | arm | seeds | test mean (deg) | test median (deg) | mean - control | median - control "
@@ -337,7 +458,7 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for n in sizes:
-        for arm in (*ARMS, "synthetic_only"):
+        for arm in (*ARMS, *USEFULNESS):
             e = table.get((n, arm))
             if e is None:
                 continue
@@ -371,14 +492,31 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
             + ", ".join(f"n={n} {a}" for n, a in sorted(worse))
             + "."
         )
-    useful = ""
-    if (max(sizes), "synthetic_only") in table:
-        syn, real = table[(max(sizes), "synthetic_only")]["mean"], table[(max(sizes), "warmup")]["mean"]
-        useful = (
-            f"Usefulness of the synthetic pairs: a head trained on the {max(sizes)} synthetic pairs alone "
-            f"reaches {_fmt(syn)} deg test mean error, the same head trained on {max(sizes)} real scenes "
-            f"for the same steps {_fmt(real)} deg."
+    useful = []
+    top = max(sizes)
+    if any((top, a) in table for a in USEFULNESS):
+        useful = [
+            f"What the synthetic pairs are worth, and what limits them: small heads trained from scratch for "
+            f"the warm-up's steps on {top} images each, evaluated on the real test scenes. The label error "
+            "is the mean angle between a head's training labels and the true normals of the scenes the "
+            "images were made from.",
+            "",
+            "| trained on | images | labels | label error (deg) | test mean (deg) | calib. gap |",
+            "|---|---|---|---|---|---|",
+        ]
+        rows = (
+            ("warmup", "real scenes", "true normals"),
+            ("pseudo_real", "real scenes", "the warm-up head's predictions"),
+            ("synthetic_gt", "synthetic images", "their source scenes' true normals"),
+            ("other_synthetic_gt", "the --images-of study's synthetic images", "their sources' true normals"),
+            ("synthetic_only", "synthetic images", "the creation head's (research)"),
         )
+        for arm, images, labels in rows:
+            e = table.get((top, arm))
+            if e is not None:
+                le = _fmt(e["label_error"]) if "label_error" in e else ""
+                gap = _fmt(e["calibration_gap"])
+                useful.append(f"| {arm} | {images} | {labels} | {le} | {_fmt(e['mean'])} | {gap} |")
     settings = (
         f"{len({r['seed'] for r in results})} seeds, sizes {sizes}, images {args.size}x{args.size}, batch "
         f"{args.batch}, lr {args.lr}, warm-up {args.warmup_steps} steps, extra {args.extra_steps} steps, "
@@ -398,8 +536,9 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
             "",
             verdict,
             "",
-            useful,
+            *useful,
             "",
+            *([f"![synthetic pairs beside their source scenes]({samples.name})", ""] if has_samples else []),
         ]
     )
     (out_md.with_suffix(".results.md")).write_text(text)
@@ -422,9 +561,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spi4-sizes", default="20,40", help="sizes that also run 4 samples per image")
     p.add_argument("--backbone", default="tiny-scenes", help="backbone (preset or folder)")
     p.add_argument(
+        "--arms",
+        default=",".join((*ARMS, *USEFULNESS[:-1])),
+        help=f"arms to run (warm-up always runs); {'/'.join(USEFULNESS)} only at the largest size",
+    )
+    p.add_argument(
         "--usefulness-only",
         action="store_true",
-        help="only warm-up, 1 synthetic sample/scene, synthetic-only",
+        help="same as --arms warmup," + ",".join(USEFULNESS[:-1]),
+    )
+    p.add_argument(
+        "--images-of",
+        help="another study folder (same --size, other --backbone): adds the arm other_synthetic_gt, a "
+        "head on this backbone trained on that study's synthetic images with their true normals",
     )
     p.add_argument("--jobs", type=int, default=1, help="cells run in parallel (one process each)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -438,6 +587,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (root / "data" / "test").exists():
         make_scenes(root / "data", max(SIZES), 40, size=a.size, seed=0, progress=False)
+    from PIL import Image
+
+    with Image.open(next((root / "data" / "test" / "img").iterdir())) as im:
+        if im.size != (a.size, a.size):
+            p.error(f"{root / 'data'}: its scenes are {im.size[0]}x{im.size[1]}, not --size {a.size}")
     sizes = [int(s) for s in a.sizes.split(",")]
     seeds = [int(s) for s in a.seeds.split(",")]
     jobs = [(n, s) for s in seeds for n in sizes]
@@ -446,10 +600,19 @@ def main(argv: list[str] | None = None) -> int:
         for k in ("out", "size", "batch", "lr", "warmup_steps", "extra_steps", "recreations", "threads")
     }
     args["spi4_sizes"] = [int(v) for v in a.spi4_sizes.split(",") if v]
-    args["backbone"], args["usefulness_only"] = a.backbone, a.usefulness_only
+    args["backbone"], args["sizes"] = a.backbone, sizes
+    base = ["warmup", *USEFULNESS[:-1]] if a.usefulness_only else [v for v in a.arms.split(",") if v]
+    args["arms"] = [v for v in base if v != "other_synthetic_gt"] + (
+        ["other_synthetic_gt"] if a.images_of else []
+    )
+    args["images_of"] = a.images_of
+    unknown = set(args["arms"]) - {*ARMS, *USEFULNESS}
+    if unknown:
+        p.error(f"--arms: unknown {sorted(unknown)}; choose from {', '.join((*ARMS, *USEFULNESS))}")
     for n in sizes:  # here, not in the cells: parallel cells of one size would race for the links
         _link_view(root / "data", root / f"data_n{n:03d}", n)
     t0 = time.perf_counter()
+    failed = 0
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         futures = {pool.submit(run_cell, args, n, s): (n, s) for n, s in jobs}
         for i, f in enumerate(as_completed(futures), 1):
@@ -458,11 +621,15 @@ def main(argv: list[str] | None = None) -> int:
                 r = f.result()
             except Exception as e:  # one failed cell must not hide the others' results
                 print(f"[{i}/{len(jobs)} cells] n={n} seed={s}: FAILED {type(e).__name__}: {e}", flush=True)
+                failed += 1
                 continue
             m = {k: round(v["mean"], 2) for k, v in r["arms"].items()}
             print(
                 f"[{i}/{len(jobs)} cells, {time.perf_counter() - t0:.0f} s] n={n} seed={s}: {m}", flush=True
             )
+    if failed:
+        print(f"{failed} of {len(jobs)} cells failed; re-run the same command to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

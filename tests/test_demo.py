@@ -23,6 +23,7 @@ def test_demo_quick_writes_report_with_figures(tmp_path, capsys):
     report = (out / "report.md").read_text()
     for part in (
         "Smoke run (`--quick`)",
+        "Why these settings: they are the research defaults.",
         "2 training seed(s) (0, 1)",
         "| warm-up |",
         "| self-improved (exploitation) |",

@@ -42,6 +42,8 @@ ARMS = ("warmup", "control", "si_spi1", "si_spi4", "si_recreate")
 # Heads trained from scratch on other data, for the largest size only (see run_cell).
 USEFULNESS = ("synthetic_only", "pseudo_real", "synthetic_gt", "other_synthetic_gt")
 SIZES = (20, 40, 80, 160)
+# What makes two runs' cells comparable: recorded in <out>/settings.json, checked on every run.
+DEFINING = ("size", "batch", "lr", "warmup_steps", "extra_steps", "recreations", "backbone")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -350,6 +352,13 @@ def aggregate(results: list[dict]) -> dict:
     return table
 
 
+def paired(results: list[dict], n: int, a: str, b: str) -> tuple[float, float, float] | None:
+    """Mean and 95 % interval of arm a minus arm b (test mean error) over the seeds of size n that
+    have both; None if none has."""
+    both = [r for r in results if r["n"] == n and a in r["arms"] and b in r["arms"]]
+    return mean_ci([r["arms"][a]["mean"] - r["arms"][b]["mean"] for r in both]) if both else None
+
+
 def _fmt(ci: tuple[float, float, float]) -> str:
     m, lo, hi = ci
     return f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else f"{m:.2f}"
@@ -517,11 +526,32 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
                 le = _fmt(e["label_error"]) if "label_error" in e else ""
                 gap = _fmt(e["calibration_gap"])
                 useful.append(f"| {arm} | {images} | {labels} | {le} | {_fmt(e['mean'])} | {gap} |")
+        useful.append("")
+        for a, b, what in (
+            ("pseudo_real", "warmup", "model labels instead of true ones, on the real images"),
+            (
+                "synthetic_only",
+                "pseudo_real",
+                "synthetic images instead of real ones, both with model labels",
+            ),
+            (
+                "synthetic_gt",
+                "other_synthetic_gt",
+                "this generator's images instead of the other's (same labels)",
+            ),
+        ):
+            d = paired(results, top, a, b)
+            if d is not None:
+                useful.append(
+                    f"- Cost of {what}: {a} - {b} = {_fmt(d)} deg test mean error (paired by seed)."
+                )
+    recorded = root / "settings.json"
+    run = json.loads(recorded.read_text()) if recorded.exists() else {k: getattr(args, k) for k in DEFINING}
     settings = (
-        f"{len({r['seed'] for r in results})} seeds, sizes {sizes}, images {args.size}x{args.size}, batch "
-        f"{args.batch}, lr {args.lr}, warm-up {args.warmup_steps} steps, extra {args.extra_steps} steps, "
-        f"re-creation {args.recreations}x during the extra steps; t_start 600, 50 DDIM steps, EMA 0.998 "
-        "every 10 steps"
+        f"{len({r['seed'] for r in results})} seeds, sizes {sizes}, images {run['size']}x{run['size']}, "
+        f"backbone {run['backbone']}, batch {run['batch']}, lr {run['lr']}, warm-up {run['warmup_steps']} "
+        f"steps, extra {run['extra_steps']} steps, re-creation {run['recreations']}x during the extra "
+        "steps; t_start 600, 50 DDIM steps, EMA 0.998 every 10 steps"
     )
     text = "\n".join(
         [
@@ -609,6 +639,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args["arms"]) - {*ARMS, *USEFULNESS}
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; choose from {', '.join((*ARMS, *USEFULNESS))}")
+    recorded, settings = root / "settings.json", {k: args[k] for k in DEFINING}
+    if recorded.exists():
+        before = json.loads(recorded.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:  # cells of other settings would be mixed into one table
+            p.error(f"{recorded}: this study ran with other settings {changed} (old, new); use another --out")
+    else:
+        recorded.write_text(json.dumps(settings, indent=1))
     for n in sizes:  # here, not in the cells: parallel cells of one size would race for the links
         _link_view(root / "data", root / f"data_n{n:03d}", n)
     t0 = time.perf_counter()

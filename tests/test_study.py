@@ -94,6 +94,8 @@ def test_report_writes_tables_and_figures(ran, tmp_path):
     assert study.main(["--out", str(out), "--size", "64", "--report", str(md)]) == 0
     text = md.with_suffix(".results.md").read_text()
     assert "| 4 | si_spi1 | 2 |" in text and "| synthetic_gt | synthetic images |" in text
+    assert "extra 2 steps" in text  # the settings the cells ran with, not the report command's defaults
+    assert "Cost of model labels instead of true ones, on the real images: pseudo_real - warmup = " in text
     table = json.loads(md.with_suffix(".json").read_text())
     assert set(table["4/control"]) >= {"mean", "median", "diff_mean"}
     for suffix in (".png", ".samples.png"):
@@ -111,3 +113,7 @@ def test_bad_arm_and_wrong_size_are_refused(ran, capsys):
     with pytest.raises(SystemExit):
         study.main(["--out", str(out), "--size", "128", "--sizes", "4"])
     assert "64x64, not --size 128" in capsys.readouterr().err
+    # Resuming with other settings would mix incomparable cells into one table.
+    with pytest.raises(SystemExit):
+        study.main(["--out", str(out), "--sizes", "4", *FAST[:-1], "3"])
+    assert "other settings {'extra_steps': (2, 3)}" in capsys.readouterr().err

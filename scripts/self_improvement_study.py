@@ -16,15 +16,24 @@ seed, the cell trains:
   (t = 600, 50 DDIM steps, EMA 0.998 every 10 steps: the research defaults);
 - si_recreate: the same with 1 sample per scene, re-created by the current creation head twice
   during the extra steps (`--recreate-every`);
-- and for n = 160, `synthetic_only`: a head trained from scratch for `--warmup-steps` steps on the
-  160 synthetic pairs alone (their labels are the warm-up head's predictions), next to the warm-up
-  head trained on the 160 real scenes for the same steps: how useful the synthetic data are.
+- and at the largest size, what limits the synthetic pairs: small heads trained from scratch for
+  `--warmup-steps` steps on `synthetic_only` (the synthetic pairs with their research labels,
+  the creation head's predictions), `pseudo_real` (the real scenes labelled by the warm-up head),
+  `synthetic_gt` (the synthetic images with their source scenes' true normals) and, with
+  `--images-of OTHER_STUDY`, `other_synthetic_gt` (that study's synthetic images, same labels, this
+  backbone's features: the generator's share). Each records its label error, the mean angle between
+  its training labels and the source scenes' true normals.
+
+`--arms` picks the arms (warm-up always runs). A cell's arms are kept in its results.json; a re-run
+adds the missing ones. The settings that make cells comparable are recorded in
+`<out>/settings.json`, and a re-run with other settings is refused.
 
 Every head is evaluated on the 40 test scenes (mean / median angular error, calibration gap).
 Each cell writes `results.json` when done; a re-run skips finished cells and resumes unfinished
 stages (each stage's own resume). `--report` aggregates: per (n, arm) the mean and a 95 %
-t-interval over seeds, and the paired difference against the control, into a Markdown table and a
-figure.
+t-interval over seeds, the paired difference against the control, and the paired costs of model
+labels, synthetic images and the generator, into Markdown tables and two figures (error vs set
+size; synthetic pairs beside their source scenes).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ COLOR_MAX_DEG = 45.0  # colour scale of the error and uncertainty maps
 class DemoConfig:
     """Sizes of the demo; `quick()` is the smoke-test version used by the tests (no verdict).
 
-    Defaults (`make demo`, about 8 minutes on 2 CPU cores with `--threads 1`): 160 train / 40 test
+    Defaults (`make demo`, about 8 minutes on 2 CPU cores with `--threads 2`): 160 train / 40 test
     scenes at 128x128 (the same scenes for every seed), and for each of the 2 seeds a warm-up of 8
     epochs (160 steps of batch 8), 160 synthetic pairs (1 per training image, t_start 600, 50 DDIM
     steps), a self-improving stage of 2 epochs over real + synthetic (80 steps, EMA 0.998 every 10

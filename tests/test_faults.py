@@ -90,6 +90,10 @@ def warm_args(data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def predict_args(images: Path, head: Path, out: Path, *extra: str, backbone: str = "tiny") -> list:
+    return ["predict", images, "--backbone", backbone, "--head", head, "--out", out, *extra]
+
+
 def eval_args(data: Path, head: Path, out: Path) -> list:
     return ["evaluate", "--data", data, "--backbone", "tiny", "--head", head, "--out", out, "--no-progress"]
 
@@ -210,16 +214,7 @@ CASES = [
     ),
     Case(
         "predict --out equal to its input folder",
-        lambda t, d, h: [
-            "predict",
-            d / "test" / "img",
-            "--backbone",
-            "tiny",
-            "--head",
-            h,
-            "--out",
-            d / "test" / "img",
-        ],
+        lambda t, d, h: predict_args(d / "test" / "img", h, d / "test" / "img"),
         ("is the input",),
     ),
     Case("--epochs -1", lambda t, d, h: warm_args(d, t / "r", "--epochs", "-1"), ("--epochs",)),
@@ -281,17 +276,7 @@ CASES = [
     Case("all normals invalid", lambda t, d, h: _all_invalid(d) or warm_args(d, t / "r"), ("no valid",)),
     Case(
         "head with NaN weights: predict",
-        lambda t, d, h: [
-            "predict",
-            d / "test" / "img",
-            "--backbone",
-            "tiny",
-            "--head",
-            _nan_head(t, h),
-            "--out",
-            t / "p",
-            "--no-progress",
-        ],
+        lambda t, d, h: predict_args(d / "test" / "img", _nan_head(t, h), t / "p", "--no-progress"),
         ("not finite",),
     ),
     Case(
@@ -301,30 +286,12 @@ CASES = [
     ),
     Case(
         "head config gn_groups: 0",
-        lambda t, d, h: [
-            "predict",
-            d / "test" / "img",
-            "--backbone",
-            "tiny",
-            "--head",
-            _head_config_edit(t, h, gn_groups=0),
-            "--out",
-            t / "p",
-        ],
+        lambda t, d, h: predict_args(d / "test" / "img", _head_config_edit(t, h, gn_groups=0), t / "p"),
         ("gn_groups",),
     ),
     Case(
         "head trained on another backbone: predict",
-        lambda t, d, h: [
-            "predict",
-            d / "test" / "img",
-            "--backbone",
-            "tiny-scenes",
-            "--head",
-            h,
-            "--out",
-            t / "p",
-        ],
+        lambda t, d, h: predict_args(d / "test" / "img", h, t / "p", backbone="tiny-scenes"),
         ("tap widths",),
     ),
     Case(

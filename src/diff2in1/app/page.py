@@ -44,6 +44,13 @@ def _progress(progress: gr.Progress):
     return report
 
 
+def _result_image(label: str, elem_id: str) -> gr.Image:
+    """An output picture of the page: a PNG file shown at IMAGE_HEIGHT, not editable."""
+    return gr.Image(
+        label=label, type="filepath", format="png", interactive=False, height=IMAGE_HEIGHT, elem_id=elem_id
+    )
+
+
 def _item_view(item: NormalsItem) -> tuple:
     return str(item.normals), str(item.uncertainty), (str(item.image), str(item.normals))
 
@@ -99,21 +106,9 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             [], label="Result shown", visible=False, interactive=True, elem_id="normals-shown"
                         )
                         with gr.Row():
-                            normal_map = gr.Image(
-                                label="Normal map",
-                                type="filepath",
-                                format="png",
-                                interactive=False,
-                                height=IMAGE_HEIGHT,
-                                elem_id="normals-map",
-                            )
-                            uncertainty = gr.Image(
-                                label="Uncertainty (expected angular error, degrees)",
-                                type="filepath",
-                                format="png",
-                                interactive=False,
-                                height=IMAGE_HEIGHT,
-                                elem_id="normals-uncertainty",
+                            normal_map = _result_image("Normal map", "normals-map")
+                            uncertainty = _result_image(
+                                "Uncertainty (expected angular error, degrees)", "normals-uncertainty"
                             )
                         slider = gr.ImageSlider(
                             label="Image | normals (drag the handle)",
@@ -203,30 +198,9 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                         )
                     with gr.Column(scale=2):
                         with gr.Row():
-                            new_image = gr.Image(
-                                label="New image",
-                                type="filepath",
-                                format="png",
-                                interactive=False,
-                                height=IMAGE_HEIGHT,
-                                elem_id="create-image",
-                            )
-                            new_normals = gr.Image(
-                                label="Its normals",
-                                type="filepath",
-                                format="png",
-                                interactive=False,
-                                height=IMAGE_HEIGHT,
-                                elem_id="create-normals",
-                            )
-                            new_unc = gr.Image(
-                                label="Its uncertainty (degrees)",
-                                type="filepath",
-                                format="png",
-                                interactive=False,
-                                height=IMAGE_HEIGHT,
-                                elem_id="create-uncertainty",
-                            )
+                            new_image = _result_image("New image", "create-image")
+                            new_normals = _result_image("Its normals", "create-normals")
+                            new_unc = _result_image("Its uncertainty (degrees)", "create-uncertainty")
                         cslider = gr.ImageSlider(
                             label="Source (at model size) | new image",
                             type="filepath",

@@ -67,12 +67,8 @@ def _link_view(pool: Path, view: Path, n: int) -> Path:
         (view / "train" / sub).mkdir(parents=True, exist_ok=True)
         for i in ids:
             for f in (pool / "train" / sub).glob(f"{i}.*"):
-                dst = view / "train" / sub / f.name
-                if not dst.exists():
-                    dst.symlink_to(f.resolve())
-    test = view / "test"
-    if not test.exists():
-        test.symlink_to((pool / "test").resolve())
+                _link(f, view / "train" / sub / f.name)
+    _link(pool / "test", view / "test")
     (view / "done").write_text("")
     return view
 
@@ -125,21 +121,23 @@ def _synthetic_gt_data(folder: Path, synthetic: Path, pool: Path) -> Path:
     return folder
 
 
-def label_error(labelled: Path, pool: Path) -> float:
-    """Mean angle (deg) between a folder's training labels and the true normals of their source
-    scenes (`<id>` or `<id>_syn<k>`), over the true normals' valid pixels."""
-    import numpy as np
-
+def _label_vs_truth(label_file: Path, pool: Path, source_id: str):
+    """(label, true normals of the source scene, their valid mask, angle map in deg), all HxW(x3)."""
+    from diff2in1.data.imageio import load_npy
     from diff2in1.data.layout import valid_mask_of
     from diff2in1.metrics import angular_error_deg
 
+    label, truth = load_npy(label_file), load_npy(pool / "train" / "norm_npy" / f"{source_id}.npy")
+    return label, truth, valid_mask_of(truth), angular_error_deg(label, truth, dim=-1)
+
+
+def label_error(labelled: Path, pool: Path) -> float:
+    """Mean angle (deg) between a folder's training labels and the true normals of their source
+    scenes (`<id>` or `<id>_syn<k>`), over the true normals' valid pixels."""
     total, count = 0.0, 0
     for f in sorted((labelled / "train" / "norm_npy").glob("*.npy")):
-        src = f.stem.split("_syn")[0]
-        label, truth = np.load(f), np.load(pool / "train" / "norm_npy" / f"{src}.npy")
-        mask = valid_mask_of(truth)
-        err = angular_error_deg(label, truth, dim=-1)[mask]
-        total, count = total + float(err.sum()), count + int(err.size)
+        _, _, mask, err = _label_vs_truth(f, pool, f.stem.split("_syn")[0])
+        total, count = total + float(err[mask].sum()), count + int(mask.sum())
     return total / max(count, 1)
 
 
@@ -428,28 +426,24 @@ def samples_figure(root: Path, path: Path, count: int = 4) -> bool:
     image, the source's true normals, the creation head's label, and the angle between the two
     normal maps (colour bar in degrees). False if no cell has synthetic data yet."""
     import numpy as np
-    from PIL import Image
 
-    from diff2in1.data.layout import valid_mask_of
-    from diff2in1.metrics import angular_error_deg
+    from diff2in1.data.imageio import load_rgb
+    from diff2in1.data.layout import find_image
     from diff2in1.viz import add_colorbar, error_to_rgb, grid, normal_to_rgb, save_png
 
     cells = sorted(root.glob("n*_seed0/synthetic_spi1/meta"))
     if not cells:
         return False
-    syn, pool = cells[-1].parent, root / "data" / "train"
+    syn, pool = cells[-1].parent, root / "data"
     rows = []
     for meta in sorted(syn.glob("meta/*.json"))[:count]:
         m = json.loads(meta.read_text())
         sid, src = m["id"], m["source_id"]
-        truth = np.load(pool / "norm_npy" / f"{src}.npy")
-        label = np.load(syn / "train" / "norm_npy" / f"{sid}.npy")
-        mask = valid_mask_of(truth)
-        err = angular_error_deg(label, truth, dim=-1)
+        label, truth, mask, err = _label_vs_truth(syn / "train" / "norm_npy" / f"{sid}.npy", pool, src)
         rows.append(
             [
-                np.asarray(Image.open(next((pool / "img").glob(f"{src}.*"))).convert("RGB")),
-                np.asarray(Image.open(next((syn / "train" / "img").glob(f"{sid}.*"))).convert("RGB")),
+                load_rgb(find_image(pool, "train", src)),
+                load_rgb(find_image(syn, "train", sid)),
                 normal_to_rgb(truth, mask),
                 normal_to_rgb(label),
                 np.asarray(add_colorbar(error_to_rgb(err, mask, 90.0), 90.0)),

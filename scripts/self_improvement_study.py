@@ -578,11 +578,27 @@ def report(root: Path, out_md: Path, args: argparse.Namespace) -> None:
     print(text)
 
 
+def _int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers, e.g. "20,40"."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _sizes(text: str) -> list[int]:
+    """argparse type: labelled-set sizes, each 1..max(SIZES) (the pool's training scenes)."""
+    sizes = _int_list(text)
+    if not sizes or not all(1 <= n <= max(SIZES) for n in sizes):
+        raise argparse.ArgumentTypeError(f"sizes must be 1..{max(SIZES)}, got {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/study")
-    p.add_argument("--sizes", default=",".join(map(str, SIZES)))
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--sizes", type=_sizes, default=",".join(map(str, SIZES)))
+    p.add_argument("--seeds", type=_int_list, default="0,1,2")
     p.add_argument("--size", type=int, default=128, help="image size")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -591,7 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--recreations", type=int, default=2, help="re-creations of the set during the extra steps"
     )
-    p.add_argument("--spi4-sizes", default="20,40", help="sizes that also run 4 samples per image")
+    p.add_argument(
+        "--spi4-sizes", type=_int_list, default="20,40", help="sizes that also run 4 samples per image"
+    )
     p.add_argument("--backbone", default="tiny-scenes", help="backbone (preset or folder)")
     p.add_argument(
         "--arms",
@@ -625,14 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(next((root / "data" / "test" / "img").iterdir())) as im:
         if im.size != (a.size, a.size):
             p.error(f"{root / 'data'}: its scenes are {im.size[0]}x{im.size[1]}, not --size {a.size}")
-    sizes = [int(s) for s in a.sizes.split(",")]
-    seeds = [int(s) for s in a.seeds.split(",")]
+    sizes, seeds = a.sizes, a.seeds
     jobs = [(n, s) for s in seeds for n in sizes]
     args = {
         k: getattr(a, k)
         for k in ("out", "size", "batch", "lr", "warmup_steps", "extra_steps", "recreations", "threads")
     }
-    args["spi4_sizes"] = [int(v) for v in a.spi4_sizes.split(",") if v]
+    args["spi4_sizes"] = a.spi4_sizes
     args["backbone"], args["sizes"] = a.backbone, sizes
     base = ["warmup", *USEFULNESS[:-1]] if a.usefulness_only else [v for v in a.arms.split(",") if v]
     args["arms"] = [v for v in base if v != "other_synthetic_gt"] + (

@@ -110,6 +110,9 @@ def test_bad_arm_and_wrong_size_are_refused(ran, capsys):
     with pytest.raises(SystemExit):
         study.main(["--out", str(out), *FAST, "--arms", "warmup,nonsense"])
     assert "nonsense" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the pool holds 160 training scenes
+        study.main(["--out", str(out), *FAST, "--sizes", "500"])
+    assert "sizes must be 1..160" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         study.main(["--out", str(out), "--size", "128", "--sizes", "4"])
     assert "64x64, not --size 128" in capsys.readouterr().err

@@ -656,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
         ["other_synthetic_gt"] if a.images_of else []
     )
     args["images_of"] = a.images_of
+    if a.images_of and not (Path(a.images_of) / "settings.json").exists():
+        p.error(f"--images-of {a.images_of}: not a study folder (no settings.json)")
     unknown = set(args["arms"]) - {*ARMS, *USEFULNESS}
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; choose from {', '.join((*ARMS, *USEFULNESS))}")

@@ -114,6 +114,9 @@ def test_bad_arm_and_wrong_size_are_refused(ran, capsys):
         study.main(["--out", str(out), *FAST, "--sizes", "500"])
     assert "sizes must be 1..160" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        study.main(["--out", str(out), *FAST, "--images-of", str(out / "nowhere")])
+    assert "not a study folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         study.main(["--out", str(out), "--size", "128", "--sizes", "4"])
     assert "64x64, not --size 128" in capsys.readouterr().err
     # Resuming with other settings would mix incomparable cells into one table.

@@ -188,7 +188,7 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
 
 def _predictor(a: argparse.Namespace):
     from .backbone import autocast_dtype
-    from .stages.predict import NormalPredictor
+    from .inference.predictor import NormalPredictor
 
     amp = autocast_dtype(a.mixed_precision)
     return NormalPredictor.from_paths(
@@ -218,7 +218,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
-        from .outputs import refuse_overlap
+        from .path_overlap import refuse_overlap
         from .stages.evaluate import evaluate, format_table
 
         # Bad data fails before any model loads.
@@ -278,8 +278,8 @@ def _predict(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
-        from .inference.files import collect_images, predict_files
         from .inference.pipeline import load_pipeline
+        from .inference.predict_files import collect_images, predict_files
 
         if a.ensemble_size < 1 or a.batch_size < 1:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
@@ -507,7 +507,7 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> None:
         from .config import ReproduceConfig, load_config
-        from .stages.reproduce import plan, run_reproduce
+        from .workflows.reproduce import plan, run_reproduce
 
         keys = ["data", "backbone", "out", "caption_model", "device", "mixed_precision", "progress"]
         cfg = load_config(ReproduceConfig, a.config, **_overrides(a, keys))
@@ -535,7 +535,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
     def run(a: argparse.Namespace) -> None:
-        from .stages.demo import DemoConfig, run_demo
+        from .workflows.demo import DemoConfig, run_demo
 
         given = {
             "out": a.out,

@@ -17,8 +17,8 @@ from diffusers.configuration_utils import FrozenDict, register_to_config
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..alignment import realign_
 from ..errors import InputError
+from ..memory_alignment import realign_
 from .decoder import NormalDecoder
 from .fusion import FeatureFusion, FeatureGroups
 

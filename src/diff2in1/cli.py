@@ -110,33 +110,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
 
-def _overrides(a: argparse.Namespace, names: list[str]) -> dict:
-    return {n: getattr(a, n, None) for n in names}
+def _overrides(a: argparse.Namespace, config_class: type) -> dict:
+    """The flags given on the command line for the fields of `config_class` (None = not given)."""
+    import dataclasses
 
-
-TRAIN_KEYS = [
-    "data",
-    "backbone",
-    "out",
-    "split",
-    "resolution",
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "lr",
-    "seed",
-    "loss",
-    "checkpoint_every",
-    "mixed_precision",
-    "grad_accum",
-    "feature_cache",
-    "num_workers",
-    "device",
-    "progress",
-    "skip_bad_samples",
-    "resize",
-    "drop_last",
-]
+    return {f.name: getattr(a, f.name) for f in dataclasses.fields(config_class) if hasattr(a, f.name)}
 
 
 def _require(cfg, names: list[str], command: str) -> None:
@@ -156,7 +134,7 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
         from .config import WarmupConfig, load_config
         from .stages.warmup import train_warmup
 
-        cfg = load_config(WarmupConfig, a.config, **_overrides(a, TRAIN_KEYS + ["head"]))
+        cfg = load_config(WarmupConfig, a.config, **_overrides(a, WarmupConfig))
         _require(cfg, ["data", "backbone", "out"], "train-warmup")
         result = train_warmup(cfg, resume=a.resume)
         for sample_id, reason in result.skipped:
@@ -388,27 +366,7 @@ def _create_data(p: argparse.ArgumentParser) -> None:
         from .config import CreateConfig, load_config
         from .stages.create import run_create
 
-        keys = [
-            "data",
-            "backbone",
-            "head",
-            "out",
-            "split",
-            "resolution",
-            "resize",
-            "samples_per_image",
-            "t_start",
-            "steps",
-            "guidance",
-            "seed",
-            "batch_size",
-            "mixed_precision",
-            "shard",
-            "preview",
-            "device",
-            "progress",
-        ]
-        cfg = load_config(CreateConfig, a.config, **_overrides(a, keys))
+        cfg = load_config(CreateConfig, a.config, **_overrides(a, CreateConfig))
         _require(cfg, ["data", "backbone", "head", "out"], "create-data")
         result = run_create(cfg)
         print(
@@ -438,8 +396,7 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
         from .config import SelfImproveConfig, load_config
         from .stages.self_improve import train_self_improve
 
-        keys = TRAIN_KEYS + ["synthetic", "init", "ema_decay", "ema_every", "recreate_every"]
-        cfg = load_config(SelfImproveConfig, a.config, **_overrides(a, keys))
+        cfg = load_config(SelfImproveConfig, a.config, **_overrides(a, SelfImproveConfig))
         _require(cfg, ["data", "backbone", "out", "init"], "train-self-improve")
         result = train_self_improve(cfg, resume=a.resume)
         print(
@@ -509,8 +466,7 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
         from .config import ReproduceConfig, load_config
         from .workflows.reproduce import plan, run_reproduce
 
-        keys = ["data", "backbone", "out", "caption_model", "device", "mixed_precision", "progress"]
-        cfg = load_config(ReproduceConfig, a.config, **_overrides(a, keys))
+        cfg = load_config(ReproduceConfig, a.config, **_overrides(a, ReproduceConfig))
         if a.plan:
             print(plan(cfg))
             return

@@ -6,7 +6,7 @@ Stages, each timed as the package runs it (the stage code itself is called, not 
   taps               VAE encode + one UNet pass with the feature taps (`Backbone.perceive`)
   warmup_step        one warm-up training step: features (no grad) + head (train) + loss + backward + Adam
   predict            `NormalPredictor` on a batch
-  create_sample      one created sample (`stages.create.create_batch`): DDIM + VAE decode + head; timed
+  create_sample      one created sample (`creation.create_samples`): DDIM + VAE decode + head; timed
                      with `--steps` DDIM steps and, when that is fewer than `--full-steps` (50), the
                      full-length time extrapolated with the measured time of one UNet pass (said so)
   self_improve_step  features + creation head (eval, no grad) + exploitation training step
@@ -422,10 +422,10 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     )
     from diff2in1.backbone import ddim_inference_steps, load_backbone
     from diff2in1.config import CreateConfig, WarmupConfig
+    from diff2in1.creation import create_samples
     from diff2in1.errors import InputError
     from diff2in1.heads import HeadConfig, NormalHead
     from diff2in1.losses import head_loss
-    from diff2in1.stages.create import create_batch
     from diff2in1.stages.feature_cache import PosteriorCache
     from diff2in1.stages.loop import mix_seed
     from diff2in1.stages.predict import NormalPredictor
@@ -558,8 +558,16 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     # (4) one created sample, `--steps` DDIM steps; extrapolated to `--full-steps`
     ccfg = CreateConfig(steps=args.steps, mixed_precision=args.dtype if amp is not None else "no")
     m_create = measure(
-        lambda i: create_batch(
-            backbone, head, images, captions, [mix_seed(SEED, 7, i, j) for j in range(bsz)], ccfg
+        lambda i: create_samples(
+            backbone,
+            head,
+            images,
+            captions,
+            [mix_seed(SEED, 7, i, j) for j in range(bsz)],
+            ccfg.t_start,
+            ccfg.steps,
+            ccfg.guidance,
+            autocast=amp,
         ),
         args.repeat,
         args.warmup,

@@ -78,6 +78,25 @@ class Diff2in1Pipeline(DiffusionPipeline):
     backbone source (preset, diffusers folder, original single file) and a head folder with
     `from_backbone`. `save_pretrained` writes a folder `from_pretrained` loads (model_index.json,
     one subfolder per component, safetensors) with a model card.
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diff2in1 import Diff2in1Pipeline
+
+        >>> pipe = Diff2in1Pipeline.from_pretrained("diff2in1-nyu").to("cuda")
+        >>> out = pipe("photo.jpg")  # or a list of images, with batch_size=...
+        >>> out.normals.shape, out.uncertainty.shape  # (1, H, W, 3) unit normals, (1, H, W, 1) degrees
+        >>> normals, kappa, uncertainty = pipe("photo.jpg", return_dict=False)
+
+        >>> new = pipe.create(["a.jpg", "b.jpg"], caption="a living room",
+        ...                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+        >>> new.images, new.normals  # (2, 512, 512, 3) new images in [0, 1] and their normals
+        ```
+
+    Bad arguments raise `diff2in1.errors.InputError` (a `ValueError`) with a one-line message.
+    `set_progress_bar_config(...)` settings hold for every call; `show_progress_bar=False` turns the
+    bar off for one call.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"

@@ -35,6 +35,14 @@ WINDOW = -1  # surface id of pixels seen through the window (invalid normals)
 FIRST_OBJECT = 6
 _EPS = 1e-6
 
+# Semantic classes of the scenes (ids = positions); window pixels (no surface) are IGNORE_CLASS.
+SCENE_CLASS_NAMES = ("floor", "ceiling", "wall", "box", "sphere", "cylinder")
+SCENE_CLASS_COLORS = (
+    (150, 100, 50), (235, 235, 220), (120, 160, 210), (220, 60, 50), (60, 180, 75), (240, 200, 40),
+)  # fmt: skip
+IGNORE_CLASS = 255
+_OBJECT_CLASS = {"Box": "box", "Sphere": "sphere", "Cylinder": "cylinder"}
+
 PALETTE: dict[str, tuple[float, float, float]] = {
     "red": (0.75, 0.12, 0.10),
     "green": (0.15, 0.55, 0.20),
@@ -335,8 +343,9 @@ class Scene:
     normal: np.ndarray  # float32 HxWx3
     mask: np.ndarray  # bool HxW
     caption: str
-    depth: np.ndarray  # float32 HxW, distance along z_cam (inf through the window)
+    depth: np.ndarray  # float32 HxW, metres along the camera's z axis (inf through the window)
     surface: np.ndarray  # int16 HxW: room face id, FIRST_OBJECT + object index, or WINDOW
+    classes: np.ndarray | None = None  # uint8 HxW class ids of SCENE_CLASSES, 255 through the window
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -407,7 +416,8 @@ def render(spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid
     normal[~mask] = 0.0
     depth = np.where(sky, np.inf, t * d_cam[:, 2]).astype(np.float32).reshape(h, w)
     surface = surf.reshape(h, w)
-    return Scene(image, normal, mask, caption_for(spec, surface), depth, surface)
+    classes = class_map(spec, surface)
+    return Scene(image, normal, mask, caption_for(spec, surface), depth, surface, classes)
 
 
 def _lighting(spec: SceneSpec, p: np.ndarray, n: np.ndarray, surf: np.ndarray) -> np.ndarray:
@@ -456,6 +466,20 @@ def _intersect_many(obj: SceneObject, origins: np.ndarray, dirs: np.ndarray) -> 
     y = origins[:, 1] + t * dirs[:, 1]
     ok = (disc >= 0) & (a > 1e-12) & (t > _EPS) & (y >= obj.y0) & (y <= obj.y1)
     return np.where(ok, t, np.inf)
+
+
+def class_map(spec: SceneSpec, surface: np.ndarray) -> np.ndarray:
+    """Semantic classes (uint8, ids of SCENE_CLASSES) of a surface-id map; 255 through the window.
+
+    All four walls are one class ("wall"); objects are classed by kind (box, sphere, cylinder).
+    """
+    lut = np.full(FIRST_OBJECT + 1 + len(spec.objects), IGNORE_CLASS, np.uint8)  # index = surface id + 1
+    lut[FLOOR + 1], lut[CEILING + 1] = SCENE_CLASS_NAMES.index("floor"), SCENE_CLASS_NAMES.index("ceiling")
+    for face in (WALL_X0, WALL_X1, WALL_Z0, WALL_Z1):
+        lut[face + 1] = SCENE_CLASS_NAMES.index("wall")
+    for i, obj in enumerate(spec.objects):
+        lut[FIRST_OBJECT + 1 + i] = SCENE_CLASS_NAMES.index(_OBJECT_CLASS[type(obj).__name__])
+    return lut[surface.astype(np.int64) + 1]
 
 
 def caption_for(spec: SceneSpec, surface: np.ndarray, min_fraction: float = 0.002) -> str:
@@ -628,30 +652,50 @@ def make_scenes(
     progress: bool = True,
 ) -> dict[str, int]:
     """Write a procedural dataset in the data layout of docs/method.md section 5
-    (img, norm, norm_npy, caption; train/test).
+    (img, norm, norm_npy, caption; train/test), with exact depth (`depth/<id>.npy`, metres along
+    the camera axis, 0 through the window) and class maps (`seg/<id>.png`, 255 through the window)
+    of the classes in `<out_root>/classes.json` (SCENE_CLASS_NAMES).
 
     Resumable: a sample whose files all exist is skipped. Returns {"written": n, "skipped": n}.
     """
     from tqdm import tqdm
 
-    from diff2in1.data.layout import is_complete, write_sample
+    from diff2in1.data.labels import CLASSES_FILE, write_class_list
+    from diff2in1.data.layout import is_complete, label_paths, write_sample
 
     out_root = Path(out_root)
     jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
     written = skipped = 0
+    if jobs and not (out_root / CLASSES_FILE).is_file():
+        write_class_list(out_root / CLASSES_FILE, scene_classes())
     for split, i in tqdm(jobs, desc="scenes", unit="img", disable=not progress):
         sid = scene_id(i)
-        if is_complete(out_root, split, sid, float_normals=True):
+        lp = label_paths(out_root, split, sid)
+        labelled = lp.depth_npy.is_file() and lp.seg.is_file()
+        if labelled and is_complete(out_root, split, sid, float_normals=True):
             skipped += 1
             continue
         scene = render_scene(np.random.default_rng(scene_seed(seed, split, i)), size)
-        write_sample(out_root, split, sid, scene.image, scene.normal, scene.caption, mask=scene.mask)
+        write_sample(
+            out_root, split, sid, scene.image, scene.normal, scene.caption, mask=scene.mask,
+            depth=scene.depth, classes=scene.classes,
+        )  # fmt: skip
         written += 1
     return {"written": written, "skipped": skipped}
 
 
+def scene_classes():
+    """The scenes' class list (a `ClassList`: SCENE_CLASS_NAMES with their colours)."""
+    from diff2in1.data.labels import ClassList
+
+    return ClassList(SCENE_CLASS_NAMES, SCENE_CLASS_COLORS)
+
+
 __all__ = [
     "CV_TO_DATASET",
+    "IGNORE_CLASS",
+    "SCENE_CLASS_COLORS",
+    "SCENE_CLASS_NAMES",
     "Box",
     "Camera",
     "Cylinder",
@@ -661,11 +705,13 @@ __all__ = [
     "SceneSpec",
     "Sphere",
     "Window",
+    "class_map",
     "cv_to_dataset",
     "make_scenes",
     "random_spec",
     "render",
     "render_scene",
+    "scene_classes",
     "scene_id",
     "scene_seed",
 ]

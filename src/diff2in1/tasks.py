@@ -52,8 +52,8 @@ class Task:
 
 def _read_normals(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(normal float32 HxWx3, mask bool HxW) from an 8-bit normal PNG or a float .npy."""
-    from diff2in1.data.imageio import load_npy, load_png_rgb_strict
     from diff2in1.data.layout import check_normal_array, decode_normal_png, valid_mask_of
+    from diff2in1.imaging.files import load_npy, load_png_rgb_strict
 
     if Path(path).suffix == ".npy":
         n = check_normal_array(load_npy(path), path)
@@ -63,8 +63,8 @@ def _read_normals(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_normals(path: str | os.PathLike, normal: Any) -> None:
-    from diff2in1.data.imageio import save_npy, save_png, to_hwc
     from diff2in1.data.layout import encode_normal_png
+    from diff2in1.imaging.files import save_npy, save_png, to_hwc
 
     if Path(path).suffix == ".npy":
         save_npy(path, to_hwc(normal, "normal").astype(np.float32))
@@ -73,7 +73,7 @@ def _write_normals(path: str | os.PathLike, normal: Any) -> None:
 
 
 def _normals_picture(normal: Any, mask: np.ndarray | None = None, **_: Any) -> Image.Image:
-    from diff2in1.data.imageio import to_hwc
+    from diff2in1.imaging.files import to_hwc
     from diff2in1.viz import normal_to_rgb
 
     return Image.fromarray(normal_to_rgb(to_hwc(normal, "normal"), mask))

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import Image
 
 from diff2in1.atomic import atomic_write
-from diff2in1.data.imageio import image_errors, load_npy, save_npy, save_text
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import image_errors, load_npy, save_npy, save_text
 
 DEPTH_DIR = "depth"
 SEG_DIR = "seg"
@@ -193,7 +193,7 @@ def depth_header(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of a depth file from its header, checking its kind (16-bit PNG or float .npy)."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        from diff2in1.data.imageio import npy_header
+        from diff2in1.imaging.files import npy_header
 
         shape, dtype = npy_header(path)
         if len(shape) == 3 and shape[-1] == 1:

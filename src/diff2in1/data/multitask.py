@@ -42,7 +42,6 @@ from diff2in1.data.dataset import (
     resize_nearest,
     resize_normals_research,
 )
-from diff2in1.data.imageio import load_npy, load_png_rgb_strict, load_rgb, png_header
 from diff2in1.data.labels import (
     CLASSES_FILE,
     DEPTH_RESIZE_MODES,
@@ -71,6 +70,7 @@ from diff2in1.data.layout import (
     valid_mask_of,
 )
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import load_npy, load_png_rgb_strict, load_rgb, png_header
 
 TASKS = ("normals", "depth", "segmentation")
 Layout = Literal["auto", "nyu", "nyudmt"]

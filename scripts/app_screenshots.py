@@ -1,10 +1,10 @@
 """Screenshots of `diff2in1 app` after real runs, and the time a 512x512 picture takes on the page.
 
-Starts the page in this process (the demo weights: tiny-scenes + a head trained `--demo-steps`
-steps, or `--pipeline` / `--backbone --head`), drives headless Chromium (/usr/bin/chromium) with
-playwright: the Normals tab with a 512x512 JPEG of a procedural room (default settings; the time
-from the click to the normal map on the page, `--repeats` times), then the Create tab (caption,
-t_start 600, 50 DDIM steps), and writes a screenshot of each tab.
+Starts the page in this process (the demo weights: tiny-scenes + its shipped head, or one trained
+`--demo-steps` steps, or `--pipeline` / `--backbone --head`), drives headless Chromium
+(/usr/bin/chromium) with playwright: the Normals tab with a 512x512 JPEG of a procedural room
+(default settings; the time from the click to the normal map on the page, `--repeats` times),
+then the Create tab (caption, t_start 600, 50 DDIM steps), and writes a screenshot of each tab.
 
     .venv/bin/python scripts/app_screenshots.py --normals docs/app_normals.png --create docs/app_create.png
 """
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--pipeline")
     ap.add_argument("--backbone")
     ap.add_argument("--head")
-    ap.add_argument("--demo-steps", type=int, default=60)
+    ap.add_argument("--demo-steps", type=int, default=None, help="train a fresh demo head (default: shipped)")
     ap.add_argument("--size", type=int, default=512, help="side of the uploaded picture")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)

@@ -227,7 +227,11 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
 def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (not inside an input folder)")
-    p.add_argument("--pipeline", help="pipeline folder (see export-pipeline / convert-research)")
+    p.add_argument(
+        "--pipeline",
+        help="pipeline folder (see export-pipeline / convert-research), a Hub id owner/name, or "
+        "tiny-scenes (default when no model is given: the shipped demo weights, procedural scenes only)",
+    )
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
     p.add_argument("--head", help="head folder (with --backbone)")
     p.add_argument("--resolution", type=int, help="model input size (default: the head's own)")
@@ -258,12 +262,16 @@ def _predict(p: argparse.ArgumentParser) -> None:
         from .distributed import init_from_launcher
         from .inference.pipeline import load_pipeline
         from .inference.predict_files import collect_images, predict_files
+        from .inference.sources import DEMO_NOTE
 
         if a.ensemble_size < 1 or a.batch_size < 1:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
         if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
             raise InputError(f"--resolution {a.resolution}: must be a positive multiple of 64")
         collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        if a.pipeline is None and a.backbone is None and a.head is None:
+            a.pipeline = "tiny-scenes"
+            print(f"note: no model given; using the {DEMO_NOTE}", file=sys.stderr)
         pipe = load_pipeline(
             a.pipeline, a.backbone, a.head, init_from_launcher(a.device), weights_dtype(a.mixed_precision)
         )
@@ -513,7 +521,9 @@ def _demo(p: argparse.ArgumentParser) -> None:
 
 @command("app", "a local web page: normals of uploaded images, and new image + normal pairs (gradio)")
 def _app(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pipeline", help="pipeline folder (default: the demo weights, see --demo-steps)")
+    p.add_argument(
+        "--pipeline", help="pipeline folder or shipped name (default: the demo weights, see --demo-steps)"
+    )
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
     p.add_argument("--head", help="head folder (with --backbone)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
@@ -522,9 +532,9 @@ def _app(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument(
         "--demo-steps",
-        type=int,
-        default=60,
-        help="with no weights given: train the demo head this many steps first (~30 s on CPU; 0 = untrained)",
+        type=_non_negative_int,
+        help="with no weights given: train a fresh demo head this many steps first (~0.5 s a step on "
+        "CPU; 0 = untrained) instead of using the shipped demo head",
     )
 
     def run(a: argparse.Namespace) -> None:

@@ -51,7 +51,7 @@ def build(
     head: str | None = None,
     device: str = "auto",
     mixed_precision: str = "no",
-    demo_train_steps: int = DEMO_TRAIN_STEPS,
+    demo_train_steps: int | None = DEMO_TRAIN_STEPS,
     log: Callable[[str], None] | None = None,
 ):
     """Load the model and build the page (queued, concurrency 1); returns (Blocks, AppBackend)."""
@@ -75,7 +75,7 @@ def serve(
     port: int | None = None,
     device: str = "auto",
     mixed_precision: str = "no",
-    demo_train_steps: int = DEMO_TRAIN_STEPS,
+    demo_train_steps: int | None = DEMO_TRAIN_STEPS,
     block: bool = True,
     quiet: bool = False,
 ) -> AppServer:

@@ -30,7 +30,7 @@ from ..inference.pipeline import Diff2in1Pipeline, load_pipeline
 DEMO_BACKBONE = "tiny-scenes"
 DEMO_RESOLUTION = 128
 DEMO_LR = 3e-3  # 60 steps: about 33 deg mean error on held-out scenes (1e-3: 51 deg)
-DEMO_TRAIN_STEPS = 60  # about 30 s on 2 CPU cores
+DEMO_TRAIN_STEPS = None  # None: the shipped demo head; N > 0: train a fresh one N steps; 0: untrained
 MAX_IMAGES = 16  # uploads per Normals request
 MAX_STEP_CHOICES = 100  # DDIM step counts offered on the page
 KEEP_REQUESTS = 16  # request folders kept in the work folder (older ones are deleted)
@@ -68,7 +68,7 @@ class CreateResult:
 
 
 def demo_pipeline(
-    train_steps: int = 0,
+    train_steps: int | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
@@ -76,13 +76,22 @@ def demo_pipeline(
 ) -> tuple[Diff2in1Pipeline, str]:
     """The shipped tiny-scenes backbone with a small head, offline, and a note saying what it is.
 
-    train_steps=0: the head is untrained (seeded); otherwise it trains that many warm-up steps
-    (float32) on 32 procedural scenes at 128 px in a temporary folder, deleted afterwards.
+    train_steps=None: the demo head shipped in the package (`scripts/train_demo_head.py`);
+    0: an untrained (seeded) head; N > 0: a head trained N warm-up steps (float32) on 32
+    procedural scenes at 128 px in a temporary folder, deleted afterwards.
     """
     from ..backbone import load_backbone
     from ..heads import build_head
 
     device = torch.device(device)
+    if train_steps is None:
+        note = (
+            "**Demo weights.** No model was given, so this page runs the shipped `tiny-scenes` backbone "
+            "with its small demo head, trained on procedural rooms at 128 px: expect rough normals on "
+            "such scenes and nothing useful on real photos. Start it with `--pipeline DIR` or "
+            "`--backbone B --head H` for real results."
+        )
+        return Diff2in1Pipeline.from_pretrained(DEMO_BACKBONE, dtype=dtype).to(device), note
     if train_steps <= 0:
         backbone = load_backbone(DEMO_BACKBONE, device=device, dtype=dtype)
         torch.manual_seed(seed)
@@ -142,7 +151,7 @@ def open_pipeline(
     head: str | None = None,
     device: str = "auto",
     mixed_precision: str = "no",
-    demo_train_steps: int = DEMO_TRAIN_STEPS,
+    demo_train_steps: int | None = DEMO_TRAIN_STEPS,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Diff2in1Pipeline, str | None, str]:
     """The page's model: a pipeline folder, a backbone + head, or (none given) the demo weights.

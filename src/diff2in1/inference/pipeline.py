@@ -31,6 +31,7 @@ from ..fingerprint import backbone_fingerprint, check_head
 from ..heads import NormalHead
 from ..heads.normal_head import RESIZE_MODES
 from .image_processor import Diff2in1ImageProcessor, resize_image, resize_map, resize_normals
+from .sources import hub_failure, resolve_pretrained
 from .uncertainty import combine_members, expected_error
 
 OUTPUT_TYPES = ("np", "pt", "pil")
@@ -144,6 +145,24 @@ class Diff2in1Pipeline(DiffusionPipeline):
             pipe.backbone.taps.remove()
             pipe.backbone = bb
         return pipe
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> Diff2in1Pipeline:
+        """A saved pipeline folder, a shipped name ("tiny-scenes": the built-in backbone with its demo
+        head, for procedural scenes only) or a Hub id `owner/name`. A missing local folder fails at
+        once in one line; the Hub is tried only when it answers (`diff2in1.inference.sources`)."""
+        source = resolve_pretrained(pretrained_model_name_or_path, kwargs.get("local_files_only", False))
+        if source.kind == "shipped":
+            dtype = kwargs.get("torch_dtype") or kwargs.get("dtype") or torch.float32
+            return cls.from_backbone(source.backbone, source.head, dtype=dtype)
+        if source.kind == "local":
+            return super().from_pretrained(source.path, **kwargs)
+        try:
+            return super().from_pretrained(
+                source.path, **{**kwargs, "local_files_only": source.local_files_only}
+            )
+        except (OSError, ValueError) as e:
+            raise hub_failure(source, e) from None
 
     def fingerprint(self) -> dict:
         """This backbone's fingerprint (what a head trained on it records)."""
@@ -476,6 +495,8 @@ def load_pipeline(
     if pipeline is not None:
         if backbone is not None or head is not None:
             raise InputError("give either a pipeline folder or --backbone and --head, not both")
+        if resolve_pretrained(pipeline, local_files_only=True).kind == "shipped":
+            return Diff2in1Pipeline.from_pretrained(pipeline, dtype=dtype).to(device)
         index = read_model_index(pipeline)
         missing = [
             c for c in ("vae", "unet", "text_encoder", "tokenizer", "scheduler", "head") if c not in index

@@ -608,7 +608,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             with torch.no_grad(), autocast():
                 feats = backbone.perceive(images, seeds=[mix_seed(SEED, i, j) for j in range(bsz)])
             feats = feats.to(torch.float32)
-            target, mask = mixed_targets(c_call, feats, size, batch)
+            target, mask, _ = mixed_targets(c_call, feats, size, batch)
             out = e_call.train()(feats, image_size=size, gt_mask=mask, point_seeds=points(i))
             head_loss(out, target, mask).backward()
             e_opt.step()

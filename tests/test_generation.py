@@ -165,7 +165,8 @@ def test_targets_mix_ground_truth_and_creation_predictions(tiny_backbone, head):
         "normal": gt,
         "mask": torch.ones(2, 1, 64, 64, dtype=bool),
     }
-    target, mask = mixed_targets(head, feats, (64, 64), batch)
+    target, mask, weight = mixed_targets(head, feats, (64, 64), batch)
+    assert weight is None  # the research labels: every synthetic pixel alike
     assert torch.equal(target[0], gt[0])
     assert torch.allclose(target[1], head.eval()(feats, image_size=(64, 64)).normal[1], atol=1e-6)
     assert mask.all()

@@ -50,43 +50,59 @@ def _masked_mean(values: Tensor, valid: Tensor) -> Tensor:
     return (values * v).sum() / count.clamp(min=1.0)
 
 
-def ug_angular_nll(pred_normal: Tensor, pred_kappa: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+def _weighted(values: Tensor, weight: Tensor | None) -> Tensor:
+    """values (B, ...) times a per-pixel weight (B, 1, ...); None leaves them as they are."""
+    return values if weight is None else values * weight[:, 0].to(values.dtype)
+
+
+def ug_angular_nll(
+    pred_normal: Tensor, pred_kappa: Tensor, gt: Tensor, mask: Tensor, weight: Tensor | None = None
+) -> Tensor:
     """Angular vMF NLL, mean over counted pixels.
 
     pred_normal (B, 3, ...), pred_kappa (B, 1, ...) > 0, gt (B, 3, ...), mask (B, 1, ...) bool
-    (True = valid ground truth) -> scalar.
+    (True = valid ground truth) -> scalar. weight (B, 1, ...): optional per-pixel factor of each
+    term (the mean still divides by the counted pixels; see `diff2in1.pseudo_labels`).
     L = -log(kappa^2 + 1) + kappa * acos(cos) + log(1 + exp(-kappa * pi)).
     """
     cos, valid = _valid_cos(pred_normal, gt, mask)
     kappa = pred_kappa[:, 0]
     nll = -torch.log(kappa.square() + 1) + kappa * torch.acos(cos) + torch.log1p(torch.exp(-kappa * math.pi))
-    return _masked_mean(nll, valid)
+    return _masked_mean(_weighted(nll, weight), valid)
 
 
-def angular_loss(pred_normal: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+def angular_loss(pred_normal: Tensor, gt: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean acos(cos) in radians over counted pixels. Shapes as `ug_angular_nll`."""
     cos, valid = _valid_cos(pred_normal, gt, mask)
-    return _masked_mean(torch.acos(cos), valid)
+    return _masked_mean(_weighted(torch.acos(cos), weight), valid)
 
 
-def l2_loss(pred_normal: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+def l2_loss(pred_normal: Tensor, gt: Tensor, mask: Tensor, weight: Tensor | None = None) -> Tensor:
     """Mean over valid pixels of ||pred - gt||^2 (sum over the 3 channels). Shapes as `ug_angular_nll`."""
     sq = (pred_normal - gt).square().sum(1)
-    return _masked_mean(sq, mask[:, 0].bool())
+    return _masked_mean(_weighted(sq, weight), mask[:, 0].bool())
 
 
-def pixel_loss(pred: Tensor, gt: Tensor, mask: Tensor, kind: str = "ug_nll") -> Tensor:
+def pixel_loss(
+    pred: Tensor, gt: Tensor, mask: Tensor, kind: str = "ug_nll", weight: Tensor | None = None
+) -> Tensor:
     """One term: pred (B, 4, ...) [xyz, kappa], gt (B, 3, ...), mask (B, 1, ...) -> scalar."""
     if kind == "ug_nll":
-        return ug_angular_nll(pred[:, :3], pred[:, 3:4], gt, mask)
+        return ug_angular_nll(pred[:, :3], pred[:, 3:4], gt, mask, weight)
     if kind == "angular":
-        return angular_loss(pred[:, :3], gt, mask)
+        return angular_loss(pred[:, :3], gt, mask, weight)
     if kind == "l2":
-        return l2_loss(pred[:, :3], gt, mask)
+        return l2_loss(pred[:, :3], gt, mask, weight)
     raise ValueError(f"unknown loss kind {kind!r}; choose one of {LOSS_KINDS}")
 
 
-def head_loss(output: HeadOutput, gt_normal: Tensor, gt_mask: Tensor, kind: str = "ug_nll") -> Tensor:
+def head_loss(
+    output: HeadOutput,
+    gt_normal: Tensor,
+    gt_mask: Tensor,
+    kind: str = "ug_nll",
+    weight: Tensor | None = None,
+) -> Tensor:
     """Sum of the per-output means (docs/method.md section 4).
 
     gt_normal (B, 3, H, W), gt_mask (B, 1, H, W) or (B, H, W), True = valid.
@@ -95,6 +111,8 @@ def head_loss(output: HeadOutput, gt_normal: Tensor, gt_mask: Tensor, kind: str 
     mask read there by nearest sampling (align_corners True).
     Eval output (no points): the 1/8 term plus the full-resolution prediction resized to the ground
     truth size; useful as a validation loss.
+    weight (B, 1, H, W): optional per-pixel factor of every term, read at the points like the mask
+    (None: the research loss, unchanged).
     """
     if gt_mask.dim() == 3:
         gt_mask = gt_mask.unsqueeze(1)
@@ -102,19 +120,23 @@ def head_loss(output: HeadOutput, gt_normal: Tensor, gt_mask: Tensor, kind: str 
     if output.coarse is None:
         raise ValueError("head_loss needs HeadOutput.coarse (the 1/8 output)")
     coarse = F.interpolate(output.coarse, size=size, mode="bilinear", align_corners=True)
-    total = pixel_loss(coarse, gt_normal, gt_mask, kind)
+    total = pixel_loss(coarse, gt_normal, gt_mask, kind, weight)
     if output.point_preds:
         gt_mask_f = gt_mask.to(gt_normal.dtype)
         for pts, coords in zip(output.point_preds, output.point_coords, strict=True):
             grid = coords.unsqueeze(1).to(gt_normal.dtype)  # (B, 1, N, 2)
             gt_pts = F.grid_sample(gt_normal, grid, mode="nearest", align_corners=True)[:, :, 0]  # (B, 3, N)
             m_pts = F.grid_sample(gt_mask_f, grid, mode="nearest", align_corners=True)[:, :, 0] > 0.5
-            total = total + pixel_loss(pts, gt_pts, m_pts, kind)
+            w_pts = None
+            if weight is not None:
+                w = weight.to(gt_normal.dtype)
+                w_pts = F.grid_sample(w, grid, mode="nearest", align_corners=True)[:, :, 0]  # (B, 1, N)
+            total = total + pixel_loss(pts, gt_pts, m_pts, kind, w_pts)
     else:
         full = torch.cat([output.normal, output.kappa], 1)
         if full.shape[-2:] != size:
             full = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
-        total = total + pixel_loss(full, gt_normal, gt_mask, kind)
+        total = total + pixel_loss(full, gt_normal, gt_mask, kind, weight)
     return total
 
 

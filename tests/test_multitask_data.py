@@ -193,3 +193,12 @@ def test_parse_tasks():
     assert parse_tasks("segmentation, normals") == ("normals", "segmentation")
     with pytest.raises(InputError, match="unknown task 'edges'"):
         parse_tasks("normals,edges")
+
+
+def test_merge_keeps_label_folders_and_the_class_list(scenes, tmp_path):
+    from diff2in1.data.merge import merge_datasets
+
+    merge_datasets(scenes, [], tmp_path / "m")
+    ds = quiet(tmp_path / "m", "train", size=None)
+    assert ds.label_counts.per_task == {"normals": 3, "depth": 3, "segmentation": 3}
+    assert ds.classes.names == quiet(scenes, "train", size=None).classes.names

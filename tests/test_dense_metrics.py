@@ -83,6 +83,7 @@ def test_depth_accumulator_averages_images_and_is_exact_split_across_processes()
         ranks[i % 2].update(p, g, key=i)
     merged = DepthAccumulator().merge(ranks[1].state()).merge(ranks[0].state())
     assert merged.compute() == res
+    assert DepthAccumulator.from_states([r.state() for r in ranks]).compute() == res
 
 
 def _torchmetrics():
@@ -130,6 +131,7 @@ def test_segmentation_hand_worked_and_pooled_across_processes():
     a, b = SegmentationAccumulator(4), SegmentationAccumulator(4)
     a.update(pred[:1], gt[:1])
     b.update(pred[1:], gt[1:])
+    assert SegmentationAccumulator.from_states([a.state(), b.state()]).compute() == m
     assert a.merge(b.state()).compute() == m
     with pytest.raises(ValueError, match="class id 7"):
         segmentation_metrics(np.array([[7]]), np.array([[0]]), 4)

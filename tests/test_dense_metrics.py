@@ -91,7 +91,7 @@ def _torchmetrics():
 
 
 def test_segmentation_matches_torchmetrics():
-    tm = _torchmetrics()
+    _torchmetrics()
     from torchmetrics.classification import (
         MulticlassAccuracy,
         MulticlassConfusionMatrix,
@@ -117,7 +117,6 @@ def test_segmentation_matches_torchmetrics():
     assert ours["miou"] == pytest.approx(float(iou[present].mean()), rel=1e-6)
     pix = MulticlassAccuracy(c, average="micro", ignore_index=255)(p, g).item()
     assert ours["pixel_acc"] == pytest.approx(pix, rel=1e-6)
-    assert tm.__version__
 
 
 def test_segmentation_hand_worked_and_pooled_across_processes():

@@ -193,3 +193,22 @@ def test_parse_tasks():
     assert parse_tasks("segmentation, normals") == ("normals", "segmentation")
     with pytest.raises(InputError, match="unknown task 'edges'"):
         parse_tasks("normals,edges")
+
+
+def test_merge_keeps_label_folders_and_the_class_list(scenes, tmp_path):
+    from diff2in1.data.merge import merge_datasets
+
+    merge_datasets(scenes, [], tmp_path / "m")
+    ds = quiet(tmp_path / "m", "train", size=None)
+    assert ds.label_counts.per_task == {"normals": 3, "depth": 3, "segmentation": 3}
+    assert ds.classes.names == quiet(scenes, "train", size=None).classes.names
+
+
+def test_label_files_without_an_image(tmp_path):
+    root = _labelled(tmp_path, n=2)
+    write_depth(root / "train/depth/ghost.npy", np.ones((6, 8)))
+    with pytest.raises(InputError, match=r"ghost.npy: label file without an image"):
+        MultiTaskDataset(root, "train", size=None)
+    with pytest.warns(UserWarning, match="skipped 1 of 2"):
+        ds = MultiTaskDataset(root, "train", size=None, on_error="skip")
+    assert ds.ids == ["s0", "s1"] and ds.skipped[0][0] == "ghost"

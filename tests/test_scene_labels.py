@@ -87,7 +87,8 @@ def test_depth_and_class_files_match_the_renderer(scenes):
             assert (depth[~window] > 0.1).all() and (depth[~window] < 10).all()
             assert (seg[~window] < len(classes)).all()
             seen |= set(np.unique(seg[~window]).tolist())
-            s = read_sample(scenes, split, sid)
+            assert read_sample(scenes, split, sid).depth is None  # only on request
+            s = read_sample(scenes, split, sid, all_labels=True)
             np.testing.assert_array_equal(s.depth, depth)
             np.testing.assert_array_equal(s.classes, seg)
     assert {0, 2} <= seen and seen & {3, 4, 5}  # floor, wall and at least one object kind

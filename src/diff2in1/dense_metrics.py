@@ -133,6 +133,14 @@ class DepthAccumulator:
             self.n_empty += other.n_empty
         return self
 
+    @classmethod
+    def from_states(cls, states, **kwargs) -> DepthAccumulator:
+        """One accumulator from the `state()`s of several processes (any order)."""
+        acc = cls(**kwargs)
+        for st in states:
+            acc.merge(st)
+        return acc
+
     def __len__(self) -> int:
         return len(self._rows)
 
@@ -218,6 +226,15 @@ class SegmentationAccumulator:
             raise ValueError(f"confusion matrix {m.shape} does not match {self.matrix.shape}")
         self.matrix += m.astype(np.int64)
         return self
+
+    @classmethod
+    def from_states(cls, states, ignore_index: int = 255) -> SegmentationAccumulator:
+        """One accumulator from the `state()`s (confusion matrices) of several processes."""
+        states = [np.asarray(s) for s in states]
+        acc = cls(states[0].shape[0], ignore_index)
+        for st in states:
+            acc.merge(st)
+        return acc
 
     def compute(self) -> dict:
         return metrics_from_confusion(self.matrix)

@@ -30,6 +30,7 @@ from PIL import Image
 from diff2in1.atomic import atomic_write
 from diff2in1.errors import InputError
 from diff2in1.imaging.files import image_errors, load_npy, save_npy, save_text
+from diff2in1.imaging.resize import resize_bilinear, resize_nearest
 
 DEPTH_DIR = "depth"
 SEG_DIR = "seg"
@@ -273,8 +274,6 @@ def seg_header(path: str | os.PathLike) -> tuple[int, int]:
 
 def resize_classes(classes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a class map to size=(H, W) (ignore pixels stay ignore)."""
-    from diff2in1.data.dataset import resize_nearest
-
     return resize_nearest(np.asarray(classes), size)
 
 
@@ -285,8 +284,6 @@ def resize_depth(depth: np.ndarray, size: tuple[int, int], mode: DepthResize = "
     "valid-bilinear": bilinear (the package's OpenCV-style resize) where every blended source pixel
     has depth; 0 (none) wherever an invalid pixel would be blended in.
     """
-    from diff2in1.data.dataset import resize_bilinear, resize_nearest
-
     d = np.asarray(depth, np.float32)
     if d.shape[:2] == tuple(size):
         return d

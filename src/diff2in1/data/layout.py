@@ -288,9 +288,15 @@ def read_normal(paths: SamplePaths, float_normals: FloatNormals = "auto") -> tup
 
 
 def read_sample(
-    root: str | os.PathLike, split: str, sample_id: str, float_normals: FloatNormals = "auto"
+    root: str | os.PathLike,
+    split: str,
+    sample_id: str,
+    float_normals: FloatNormals = "auto",
+    all_labels: bool = False,
 ) -> Sample:
-    """Read one sample. Normals/kappa are None when their files are absent; a missing caption is ""."""
+    """Read one sample. Normals/kappa are None when their files are absent; a missing caption is "".
+    `all_labels`: also read its depth and class map (`Sample.depth`, `Sample.classes`; None where
+    absent)."""
     paths = sample_paths(root, split, sample_id)
     image = load_rgb(paths.image)
     normal = mask = kappa = None
@@ -303,7 +309,9 @@ def read_sample(
             )
     if paths.kappa.is_file():
         kappa = load_npy(paths.kappa).astype(np.float32)
-    depth, classes = read_labels(root, split, sample_id, image.shape[:2], paths.image)
+    depth = classes = None
+    if all_labels:
+        depth, classes = read_labels(root, split, sample_id, image.shape[:2], paths.image)
     caption = read_caption(paths.caption)
     return Sample(sample_id, image, caption or "", normal, mask, kappa, depth, classes)
 

@@ -44,8 +44,10 @@ from diff2in1.data.dataset import (
 )
 from diff2in1.data.labels import (
     CLASSES_FILE,
+    DEPTH_DIR,
     DEPTH_RESIZE_MODES,
     IGNORE_INDEX,
+    SEG_DIR,
     ClassList,
     DepthResize,
     check_class_ids,
@@ -179,6 +181,11 @@ class MultiTaskDataset(Dataset):
                 if on_error == "raise":
                     raise
                 self.skipped.append((sid, str(e)))
+        for path in self._orphans(ids):
+            reason = f"{path}: label file without an image"
+            if on_error == "raise":
+                raise InputError(reason + " (remove it, add the image, or use --skip-bad-samples)")
+            self.skipped.append((path.stem, reason))
         self.entries = entries
         if self.skipped:
             warnings.warn(
@@ -228,6 +235,20 @@ class MultiTaskDataset(Dataset):
         if bad:
             raise InputError(f"{path}: invalid sample id {bad[0]!r}")
         return list(dict.fromkeys(ids))  # keep order, drop repeats
+
+    def _orphans(self, ids: list[str]) -> list[Path]:
+        """Depth / class-map files of the tasks read whose id has no image (nyu layout; NYUD-MT's
+        folders are shared by all splits, so there an unlisted file is simply not in the split)."""
+        if self.layout != "nyu":
+            return []
+        known, d = set(ids), split_dir(self.root, self.split)
+        folders = {"depth": (DEPTH_DIR, (".npy", ".png")), "segmentation": (SEG_DIR, (".png",))}
+        out = []
+        for task, (sub, exts) in folders.items():
+            if task in self.tasks and (d / sub).is_dir():
+                files = [p for p in (d / sub).iterdir() if p.suffix in exts and not p.name.startswith(".")]
+                out += sorted(p for p in files if p.stem not in known)
+        return out
 
     def _paths(self, sid: str) -> _Files:
         """The files of `sid` that exist, for the tasks read (size filled in by `_check`)."""

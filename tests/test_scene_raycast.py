@@ -20,10 +20,10 @@ from diff2in1.data.scenes import (  # noqa: E402
     WINDOW,
     Box,
     Sphere,
-    _room_uv,
-    _rot_y,
     random_spec,
     render,
+    room_uv,
+    rot_y,
 )
 
 
@@ -37,7 +37,7 @@ def scene_meshes(spec) -> list[tuple[object, float, str]]:
     for obj in spec.objects:
         if isinstance(obj, Box):
             t = np.eye(4)
-            t[:3, :3], t[:3, 3] = _rot_y(obj.yaw), obj.center
+            t[:3, :3], t[:3, 3] = rot_y(obj.yaw), obj.center
             out.append((trimesh.creation.box(extents=2 * np.asarray(obj.half), transform=t), 1.0, "box"))
         elif isinstance(obj, Sphere):
             m = trimesh.creation.icosphere(subdivisions=5, radius=obj.radius)
@@ -93,7 +93,7 @@ def compare(seeds, h: int = 48, w: int = 64) -> dict[str, dict[str, float]]:
         assert agree.mean() > 0.99, (seed, agree.mean())  # silhouettes of facets may differ by a pixel
         if window.any():  # window pixels: trimesh's wall has no hole; the hit must lie in the window
             win = spec.room.window
-            uv = _room_uv(win.wall, hit[window])
+            uv = room_uv(win.wall, hit[window])
             assert (owner[window] == 0).all()
             assert ((uv[:, 0] > win.u0 - 1e-6) & (uv[:, 0] < win.u1 + 1e-6)).all()
             assert ((uv[:, 1] > win.v0 - 1e-6) & (uv[:, 1] < win.v1 + 1e-6)).all()

@@ -56,8 +56,14 @@ def test_save_and_load_round_trip_offline(pipe, saved):
     assert card.startswith("---\n") and "library_name: diffusers" in card.split("---")[1]
     loaded = Diff2in1Pipeline.from_pretrained(saved)
     assert loaded.head.config.processing_resolution == 64
+    for name in ("vae", "unet", "text_encoder", "head"):  # the weights come back bit for bit
+        before, after = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), name
     a, b = pipe(photo(), show_progress_bar=False), loaded(photo(), show_progress_bar=False)
-    assert np.array_equal(a.normals, b.normals) and np.array_equal(a.kappa, b.kappa)
+    # Same weights, same inputs; oneDNN may pick other kernels for the loaded tensors' memory (seen on
+    # an AMD EPYC: 3e-7), so the outputs agree to float rounding, not bit for bit.
+    np.testing.assert_allclose(a.normals, b.normals, atol=1e-5)
+    np.testing.assert_allclose(a.kappa, b.kappa, rtol=1e-5)
 
 
 def test_call_on_pil_gives_unit_normals_at_the_input_size(saved):

@@ -661,14 +661,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args["arms"]) - {*ARMS, *USEFULNESS}
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; choose from {', '.join((*ARMS, *USEFULNESS))}")
+    from diff2in1.errors import InputError
+    from diff2in1.run_settings import check_recorded, record_settings
+
     recorded, settings = root / "settings.json", {k: args[k] for k in DEFINING}
-    if recorded.exists():
-        before = json.loads(recorded.read_text())
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed:  # cells of other settings would be mixed into one table
-            p.error(f"{recorded}: this study ran with other settings {changed} (old, new); use another --out")
-    else:
-        recorded.write_text(json.dumps(settings, indent=1))
+    try:  # cells of other settings would be mixed into one table
+        refusal = f"{recorded}: this study ran with other settings"
+        if not check_recorded(recorded, settings, refusal, "use another --out"):
+            record_settings(recorded, settings)
+    except InputError as e:
+        p.error(str(e))
     for n in sizes:  # here, not in the cells: parallel cells of one size would race for the links
         _link_view(root / "data", root / f"data_n{n:03d}", n)
     t0 = time.perf_counter()

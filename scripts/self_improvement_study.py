@@ -53,7 +53,6 @@ USEFULNESS = ("synthetic_only", "pseudo_real", "synthetic_gt", "other_synthetic_
 SIZES = (20, 40, 80, 160)
 # What makes two runs' cells comparable: recorded in <out>/settings.json, checked on every run.
 DEFINING = ("size", "batch", "lr", "warmup_steps", "extra_steps", "recreations", "backbone")
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def _link_view(pool: Path, view: Path, n: int) -> Path:
@@ -318,14 +317,12 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
 
 # ------------------------------------------------------------------------------------ aggregation
 def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval (nan half-width for one value)."""
-    k = len(values)
-    m = sum(values) / k
-    if k < 2:
-        return m, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (k - 1))
-    h = T975.get(k - 1, 1.96) * sd / math.sqrt(k)
-    return m, m - h, m + h
+    """Mean and 95 % t-interval (`diff2in1.intervals`; nan bounds for one value)."""
+    from diff2in1.intervals import mean_interval
+
+    s = mean_interval(values)
+    lo, hi = s["ci95"] or (float("nan"), float("nan"))
+    return s["mean"], lo, hi
 
 
 def aggregate(results: list[dict]) -> dict:
@@ -661,14 +658,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args["arms"]) - {*ARMS, *USEFULNESS}
     if unknown:
         p.error(f"--arms: unknown {sorted(unknown)}; choose from {', '.join((*ARMS, *USEFULNESS))}")
+    from diff2in1.errors import InputError
+    from diff2in1.run_settings import check_recorded, record_settings
+
     recorded, settings = root / "settings.json", {k: args[k] for k in DEFINING}
-    if recorded.exists():
-        before = json.loads(recorded.read_text())
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed:  # cells of other settings would be mixed into one table
-            p.error(f"{recorded}: this study ran with other settings {changed} (old, new); use another --out")
-    else:
-        recorded.write_text(json.dumps(settings, indent=1))
+    try:  # cells of other settings would be mixed into one table
+        refusal = f"{recorded}: this study ran with other settings"
+        if not check_recorded(recorded, settings, refusal, "use another --out"):
+            record_settings(recorded, settings)
+    except InputError as e:
+        p.error(str(e))
     for n in sizes:  # here, not in the cells: parallel cells of one size would race for the links
         _link_view(root / "data", root / f"data_n{n:03d}", n)
     t0 = time.perf_counter()

@@ -122,4 +122,4 @@ def test_bad_arm_and_wrong_size_are_refused(ran, capsys):
     # Resuming with other settings would mix incomparable cells into one table.
     with pytest.raises(SystemExit):
         study.main(["--out", str(out), "--sizes", "4", *FAST[:-1], "3"])
-    assert "other settings {'extra_steps': (2, 3)}" in capsys.readouterr().err
+    assert "other settings (extra_steps: 2 -> 3); use another --out" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from ..errors import InputError
 from ..fingerprint import check_head
 from ..heads import NormalHead
 from ..path_overlap import refuse_overlap
+from ..run_settings import check_recorded, record_settings
 from ..training.loop import mix_seed
 from ..training.run_folder import to_plain
 from ..viz import add_colorbar, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
@@ -113,8 +114,6 @@ def check_or_record_settings(
     fingerprints) into a new `cfg.out`, or refuse an existing one made with other settings (named).
     `strict=False` (the self-improving stage completing its own re-created set after a resume)
     does not compare the creation head, which has moved on since."""
-    from ..training.run_folder import _comparable
-
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
@@ -124,29 +123,21 @@ def check_or_record_settings(
         "head_fingerprint": fingerprint(head),
     }
     path = out / "create_config.json"
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: unreadable ({e}); use another --out") from None
-        keys = [*DEFINING, "backbone_fingerprint"] + (["head_fingerprint"] if strict else [])
-        for k in keys:
-            if _comparable(k, saved.get(k)) != _comparable(k, record[k]):
-                what = {"backbone_fingerprint": "backbone weights", "head_fingerprint": "head weights"}.get(
-                    k, k
-                )
-                raise InputError(
-                    f"--out {out}: holds samples made with another {what} "
-                    f"({saved.get(k)!r} -> {record[k]!r}); "
-                    "finish it with the same settings or use another --out"
-                )
+    if check_recorded(
+        path,
+        record,
+        f"--out {out}: holds samples made with other settings",
+        "finish it with the same settings or use another --out",
+        only=[*DEFINING, "backbone_fingerprint"] + (["head_fingerprint"] if strict else []),
+        labels={"backbone_fingerprint": "backbone weights", "head_fingerprint": "head weights"},
+    ):
         return
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise InputError(
             f"--out {out}: exists and holds files that create-data did not write; use another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    save_text(path, json.dumps(record, indent=1))
+    record_settings(path, record)
 
 
 def create_data(

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path, clean_stale_tmp, disk_error, save_text
 from ..errors import InputError
+from ..run_settings import TRAINING_FREE, check_settings, read_settings
 
 
 @contextmanager
@@ -103,18 +104,10 @@ class RunDir:
                     f"{self.root}: nothing to resume yet (the run stopped before its first saved state); "
                     "run the same command without --resume to start it again"
                 )
-            try:
-                saved = yaml.safe_load(self.config_path.read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise InputError(f"{self.config_path}: unreadable ({' '.join(str(e).split())})") from None
-            changed = sorted(
-                k
-                for k in plain
-                if k not in _RESUME_FREE and _comparable(k, saved.get(k)) != _comparable(k, plain[k])
+            saved = read_settings(self.config_path) or {}
+            check_settings(
+                saved, plain, f"{self.config_path}: --resume with different settings", free=TRAINING_FREE
             )
-            if changed:
-                detail = ", ".join(f"{k}: {saved.get(k)!r} -> {plain[k]!r}" for k in changed[:4])
-                raise InputError(f"{self.config_path}: --resume with different settings ({detail})")
         elif self.config_path.exists() and not self._is_empty_run():
             raise InputError(f"{self.root}: already holds a run; use --resume or another --out")
 
@@ -179,22 +172,6 @@ class RunDir:
                 w = csv.DictWriter(f, fieldnames=list(keep[0]))
                 w.writeheader()
                 w.writerows(keep)
-
-
-# Settings a resumed run may change without changing its result; `out` is the run folder itself.
-_RESUME_FREE = {"epochs", "max_steps", "num_workers", "progress", "checkpoint_every", "device", "out"}
-
-
-def _comparable(key: str, value: Any) -> Any:
-    """A setting as compared on resume: paths that exist, resolved (`./x/` = `x`)."""
-    if isinstance(value, list):
-        return [_comparable(key, v) for v in value]
-    if isinstance(value, str) and value and not value.startswith("-"):
-        p = Path(value).expanduser()
-        if p.exists():
-            return str(p.resolve())
-        return value.rstrip("/") or value
-    return value
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -14,7 +14,6 @@ each stage is kept in `stage_times.json` (a stage resumed after an interruption 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from ..data.scenes import make_scenes
 from ..heads import NormalHead
 from ..heads.normal_head import WEIGHTS_NAMES
 from ..inference.predictor import NormalPredictor
+from ..intervals import mean_interval
 from ..metrics import angular_error_deg
 from ..stages.create import create_data
 from ..stages.evaluate import evaluate, format_table
@@ -272,36 +272,6 @@ def run_demo(cfg: DemoConfig) -> Path:
     save_text(out / "report.md", _report(cfg, runs, summary, times, figures))
     save_text(out / "metrics.json", json.dumps(summary, indent=1))
     return out / "report.md"
-
-
-# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
-def t_quantile_975(df: int) -> float:
-    """The 0.975 quantile of Student's t with `df` degrees of freedom (table; 1.96 + 2.4/df above 30)."""
-    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
-
-
-def mean_interval(values: list[float]) -> dict:
-    """Mean, sample std and the 95 % t-interval of the mean (None with one value)."""
-    n = len(values)
-    mean = float(np.mean(values))
-    std = float(np.std(values, ddof=1)) if n > 1 else None
-    half = t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else None
-    return {
-        "n": n,
-        "mean": mean,
-        "std": std,
-        "min": float(min(values)),
-        "max": float(max(values)),
-        "ci95": [mean - half, mean + half] if half is not None else None,
-        "t": t_quantile_975(n - 1) if n > 1 else None,
-    }
 
 
 def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict:

@@ -49,6 +49,7 @@ from ..data import NormalsDataset
 from ..data.layout import list_ids, sample_paths
 from ..errors import InputError
 from ..path_overlap import refuse_overlap
+from ..run_settings import REPRODUCE_FREE, check_recorded, record_settings
 from ..training.run_folder import RunDir, to_plain
 
 STAGE_CLASSES = {
@@ -57,8 +58,6 @@ STAGE_CLASSES = {
     "self_improve": SelfImproveConfig,
     "evaluate": EvaluateSettings,
 }
-# Settings a re-run may change: they do not change any result.
-FREE = {"device", "progress", "caption_model", "out"}
 # The heads evaluated: name -> (stage folder, head folder).
 HEADS = {
     "warmup": ("warmup", "head"),
@@ -176,46 +175,18 @@ def dry_run_config(cfg: ReproduceConfig) -> ReproduceConfig:
     return dataclasses.replace(cfg, **top, **sections, out=str(root), data=str(root / "data"))
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _same_path(a: Any, b: Any) -> bool:
-    if isinstance(a, str) and isinstance(b, str) and a and b:
-        pa, pb = Path(a).expanduser(), Path(b).expanduser()
-        if pa.exists() and pb.exists():
-            return pa.resolve() == pb.resolve()
-    return a == b
-
-
 def record_config(cfg: ReproduceConfig, dry_run: bool) -> None:
     """Write `<out>/reproduce.yaml`, or refuse to continue a folder made with other settings."""
     root = Path(cfg.out)
     path = root / "reproduce.yaml"
     plain = to_plain(cfg)
-    if path.exists():
-        try:
-            saved = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"{path}: unreadable ({' '.join(str(e).split())}); use another --out") from None
-        new, old = _flat(plain), _flat(saved)
-        changed = sorted(
-            k
-            for k in set(new) | set(old)
-            if k.split(".")[0] not in FREE and not _same_path(old.get(k), new.get(k))
-        )
-        if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:4])
-            raise InputError(
-                f"{path}: this folder holds a reproduction with other settings ({detail}); "
-                "run it with the same settings to continue, or use another --out"
-            )
+    if check_recorded(
+        path,
+        plain,
+        f"{path}: this folder holds a reproduction with other settings",
+        "run it with the same settings to continue, or use another --out",
+        free=REPRODUCE_FREE,
+    ):
         return
     if root.exists() and not root.is_dir():
         raise InputError(f"--out {root}: exists and is not a folder")
@@ -225,7 +196,7 @@ def record_config(cfg: ReproduceConfig, dry_run: bool) -> None:
         + (" --dry-run: tiny-scenes, 64x64, a few steps per stage" if dry_run else "")
         + "). A re-run with the same settings continues it.\n"
     )
-    save_text(path, head + yaml.safe_dump(plain, sort_keys=False))
+    record_settings(path, plain, header=head)
 
 
 # ----------------------------------------------------------------------------- data

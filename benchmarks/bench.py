@@ -424,13 +424,13 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     from diff2in1.config import CreateConfig, WarmupConfig
     from diff2in1.errors import InputError
     from diff2in1.heads import HeadConfig, NormalHead
+    from diff2in1.inference.predictor import NormalPredictor
     from diff2in1.losses import head_loss
     from diff2in1.stages.create import create_batch
-    from diff2in1.stages.feature_cache import PosteriorCache
-    from diff2in1.stages.loop import mix_seed
-    from diff2in1.stages.predict import NormalPredictor
     from diff2in1.stages.self_improve import mixed_targets
     from diff2in1.stages.warmup import StepCaches, perception_step
+    from diff2in1.training.feature_cache import PosteriorCache
+    from diff2in1.training.loop import mix_seed
 
     wall0 = time.perf_counter()
     device = resolve_device(args.device)
@@ -717,7 +717,7 @@ def check_equivalence(backbone, head, batch: dict, seed: int = SEED) -> dict[str
     one image and a 1x1 coarsest map (64x64 input), batch norm would normalise rounding noise."""
     from bench_baseline import BaselineHead, baseline_predict, baseline_warmup_loss, tap_splits
     from diff2in1.config import WarmupConfig
-    from diff2in1.stages.predict import NormalPredictor
+    from diff2in1.inference.predictor import NormalPredictor
     from diff2in1.stages.warmup import StepCaches, perception_step
 
     head = copy.deepcopy(head).float()

@@ -31,8 +31,8 @@ from diff2in1.backbone import Backbone
 from diff2in1.heads.decoder import indices_to_coords, norm_normalize, sample_point_indices, up2
 from diff2in1.heads.fusion import FeatureGroups, resize
 from diff2in1.heads.normal_head import HeadOutput, NormalHead
-from diff2in1.stages.loop import mix_seed
 from diff2in1.taps import GROUPS, TapFeatures
+from diff2in1.training.loop import mix_seed
 
 
 def tap_splits(backbone: Backbone) -> dict[str, list[int]]:

@@ -87,7 +87,7 @@ def _pseudo_real_data(folder: Path, data: Path, backbone, head: Path, res: tuple
     """The labelled real training images, labelled by `head` instead of their true normals."""
     from diff2in1.data import NormalsDataset, write_sample
     from diff2in1.heads import NormalHead
-    from diff2in1.stages.predict import NormalPredictor
+    from diff2in1.inference.predictor import NormalPredictor
 
     if (folder / "done").exists():
         return folder
@@ -123,8 +123,8 @@ def _synthetic_gt_data(folder: Path, synthetic: Path, pool: Path) -> Path:
 
 def _label_vs_truth(label_file: Path, pool: Path, source_id: str):
     """(label, true normals of the source scene, their valid mask, angle map in deg), all HxW(x3)."""
-    from diff2in1.data.imageio import load_npy
     from diff2in1.data.layout import valid_mask_of
+    from diff2in1.imaging.files import load_npy
     from diff2in1.metrics import angular_error_deg
 
     label, truth = load_npy(label_file), load_npy(pool / "train" / "norm_npy" / f"{source_id}.npy")
@@ -150,9 +150,9 @@ def run_cell(args: dict, n: int, seed: int) -> dict:
     from diff2in1.backbone import load_backbone
     from diff2in1.config import CreateConfig, SelfImproveConfig, WarmupConfig
     from diff2in1.heads import NormalHead
+    from diff2in1.inference.predictor import NormalPredictor
     from diff2in1.stages.create import create_data
     from diff2in1.stages.evaluate import evaluate
-    from diff2in1.stages.predict import NormalPredictor
     from diff2in1.stages.self_improve import train_self_improve
     from diff2in1.stages.warmup import train_warmup
 
@@ -427,8 +427,8 @@ def samples_figure(root: Path, path: Path, count: int = 4) -> bool:
     normal maps (colour bar in degrees). False if no cell has synthetic data yet."""
     import numpy as np
 
-    from diff2in1.data.imageio import load_rgb
     from diff2in1.data.layout import find_image
+    from diff2in1.imaging.files import load_rgb
     from diff2in1.viz import add_colorbar, error_to_rgb, grid, normal_to_rgb, save_png
 
     cells = sorted(root.glob("n*_seed0/synthetic_spi1/meta"))

@@ -46,8 +46,8 @@ def main() -> None:
     from diff2in1.backbone import load_backbone
     from diff2in1.config import WarmupConfig
     from diff2in1.data.scenes import make_scenes
+    from diff2in1.inference.predictor import NormalPredictor
     from diff2in1.stages.evaluate import evaluate
-    from diff2in1.stages.predict import NormalPredictor
     from diff2in1.stages.warmup import train_warmup
 
     if a.threads:

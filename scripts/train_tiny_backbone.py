@@ -45,7 +45,7 @@ scene i uses `scene_seed(seed, "test", i)`, so the two never overlap):
    lets the caption embeddings (and the empty caption's) organise themselves for the UNet rather
    than being a fixed random projection of the token ids.
 
-The folder is written with `diff2in1.export.save_diffusers_folder` with weights in float16 (the
+The folder is written with `diff2in1.diffusers_folder.save_diffusers_folder` with weights in float16 (the
 whole preset stays under 20 MB); its `tokenizer/` subfolder is removed, so loading falls back to
 the CLIP tokenizer shipped in the package (the same vocabulary). Load it with
 `load_backbone("tiny-scenes")` (weights are cast to the requested dtype, float32 by default).
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from diff2in1.backbone import Backbone
-    from diff2in1.export import save_diffusers_folder
+    from diff2in1.diffusers_folder import save_diffusers_folder
     from diff2in1.tokenizer import clip_tokenizer
 
     t0 = time.time()

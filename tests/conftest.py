@@ -24,7 +24,7 @@ def tiny_backbone():
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory, tiny_backbone):
     """The tiny backbone saved as a diffusers folder."""
-    from diff2in1.export import save_diffusers_folder
+    from diff2in1.diffusers_folder import save_diffusers_folder
 
     out = tmp_path_factory.mktemp("tiny_diffusers")
     save_diffusers_folder(tiny_backbone, out)
@@ -45,7 +45,7 @@ def scenes_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_head_dir(tmp_path_factory, tiny_backbone):
     """A `small` head for the tiny backbone, saved in our head format (random weights)."""
-    from diff2in1.stages.warmup import build_head
+    from diff2in1.heads import build_head
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("head") / "head"

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diff2in1.alignment import ALIGNMENT, realign_
+from diff2in1.memory_alignment import ALIGNMENT, realign_
 
 
 def _misaligned(module: nn.Module) -> list[str]:

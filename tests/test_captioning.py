@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from diff2in1.captioning import caption_dataset
-from diff2in1.data.imageio import save_png, save_text
 from diff2in1.data.layout import sample_paths
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import save_png, save_text
 
 RESERVED_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["a", "cat", "dog", "on", "the", "mat", "red", "blue"]

@@ -19,8 +19,8 @@ from diff2in1.data import (
     write_sample,
 )
 from diff2in1.data.dataset import resize_nearest
-from diff2in1.data.imageio import atomic_write
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import atomic_write
 
 H, W = 6, 8
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from diff2in1.backbone import PRESETS
 from diff2in1.cli import main
-from diff2in1.stages.demo import ARMS, CONTROL, EXPLOIT, StageTimes, _verdict, summarize
+from diff2in1.workflows.demo import ARMS, CONTROL, EXPLOIT, StageTimes, _verdict, summarize
 
 
 def test_demo_quick_writes_report_with_figures(tmp_path, capsys):

@@ -108,12 +108,14 @@ def test_two_processes_train_like_one_and_resume_across_counts(valid_data, dense
     one, two, mixed = tmp_path / "one", tmp_path / "two", tmp_path / "mixed"
     assert main(["--threads", "1", *_train_args(valid_data, dense_head, one)]) == 0
     torchrun(*_train_args(valid_data, dense_head, two))
-    assert _losses(two) == pytest.approx(_losses(one), rel=1e-4)
+    # Two processes sum gradients in another order: float rounding only (1.1e-4 seen on an AMD EPYC
+    # by step 4), where a sharding or batch-norm mistake moves the loss by percents.
+    assert _losses(two) == pytest.approx(_losses(one), rel=5e-4)
     assert _relative_gap(one / "head", two / "head", dense_head) < 0.01
     # Stop a 2-process run after 3 steps, finish it with 1 process.
     torchrun(*_train_args(valid_data, dense_head, mixed, "--max-steps", "3"))
     assert main(["--threads", "1", *_train_args(valid_data, dense_head, mixed, "--resume")]) == 0
-    assert _losses(mixed) == pytest.approx(_losses(one), rel=1e-4)
+    assert _losses(mixed) == pytest.approx(_losses(one), rel=5e-4)
     assert _relative_gap(one / "head", mixed / "head", dense_head) < 0.01
 
 

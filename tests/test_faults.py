@@ -170,7 +170,7 @@ def _without(argv: list, flag: str) -> list:
 def _damaged_backbone(tmp: Path, how: str) -> Path:
     """The tiny backbone as a diffusers folder, with one part broken."""
     from diff2in1.backbone import load_backbone
-    from diff2in1.export import save_diffusers_folder
+    from diff2in1.diffusers_folder import save_diffusers_folder
 
     bb = save_diffusers_folder(load_backbone("tiny"), tmp / f"bb_{how}")
     te = bb / "text_encoder" / "model.safetensors"
@@ -467,7 +467,7 @@ def test_16_bit_grey_training_image_is_not_white(scenes_root, tmp_path):
 
 # ------------------------------------------------------------------------------- disks and files
 def test_full_disk_is_one_line_and_the_state_stays_usable(scenes_root, tmp_path, capsys, monkeypatch):
-    from diff2in1 import runs
+    from diff2in1.training import run_folder as runs
 
     code, _, err = run_cli(warm_args(scenes_root, tmp_path / "r", "--epochs", "2"), capsys)
     assert code == 0, err

@@ -14,8 +14,8 @@ from diff2in1.config import CreateConfig, SelfImproveConfig
 from diff2in1.data import NormalsDataset, read_sample
 from diff2in1.heads import NormalHead
 from diff2in1.stages.create import create_batch, create_data, write_manifest
-from diff2in1.stages.loop import mix_seed
 from diff2in1.stages.self_improve import ema_due, ema_update, mixed_targets, train_self_improve
+from diff2in1.training.loop import mix_seed
 
 
 def _ccfg(root, out, **kw) -> CreateConfig:

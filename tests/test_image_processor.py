@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diff2in1.data.imageio import load_rgb
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import load_rgb
 from diff2in1.inference.image_processor import (
     Diff2in1ImageProcessor,
     ResizeInfo,

@@ -11,11 +11,11 @@ from PIL import Image
 
 from diff2in1.cli import main
 from diff2in1.heads import NormalHead
-from diff2in1.inference.files import predict_files
 from diff2in1.inference.pipeline import Diff2in1Pipeline
+from diff2in1.inference.predict_files import predict_files
+from diff2in1.inference.predictor import NormalPredictor
 from diff2in1.metrics import MetricAccumulator, angular_error_deg
 from diff2in1.stages.evaluate import evaluate
-from diff2in1.stages.predict import NormalPredictor
 from diff2in1.viz import expected_angular_error
 
 

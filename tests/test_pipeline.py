@@ -14,9 +14,8 @@ from diff2in1 import Diff2in1Pipeline
 from diff2in1.backbone import load_backbone
 from diff2in1.cli import main
 from diff2in1.errors import InputError
-from diff2in1.heads import NormalHead
+from diff2in1.heads import NormalHead, build_head
 from diff2in1.inference.uncertainty import combine_members, expected_error, kappa_from_error
-from diff2in1.stages.warmup import build_head
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +335,7 @@ def test_bf16_pipeline_keeps_a_float32_head_and_stays_close(saved):
 
 
 def test_pipelines_on_one_backbone_share_its_tap_hooks(scenes_backbone, pipe):
-    from diff2in1.stages.predict import NormalPredictor
+    from diff2in1.inference.predictor import NormalPredictor
 
     def hooks() -> int:
         return sum(len(m._forward_hooks) for m in scenes_backbone.unet.modules())

@@ -13,7 +13,7 @@ import yaml
 from diff2in1.cli import main
 from diff2in1.config import ReproduceConfig, default_yaml, load_config
 from diff2in1.errors import InputError
-from diff2in1.stages import reproduce as rep
+from diff2in1.workflows import reproduce as rep
 from test_captioning import blip_dir  # noqa: F401  (fixture)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

@@ -15,7 +15,7 @@ from PIL import Image
 from diff2in1.config import WarmupConfig
 from diff2in1.data import NormalsDataset
 from diff2in1.data.dataset import resize_normals_research
-from diff2in1.stages.loop import EpochBatches
+from diff2in1.training.loop import EpochBatches
 
 SRC_H, SRC_W = 480, 640  # NYUv2's size
 OUT = (512, 512)

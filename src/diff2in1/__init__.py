@@ -31,7 +31,7 @@ def read_normals_png(path: str | os.PathLike):
     import numpy as np
 
     from .errors import InputError
-    from .inference.image_processor import read_png_16bit
+    from .imaging.png16 import read_png_16bit
 
     raw = read_png_16bit(path)
     if raw.ndim != 3 or raw.shape[-1] != 3:

@@ -20,8 +20,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .alignment import realign_
 from .errors import InputError
+from .memory_alignment import realign_
 from .taps import FeatureTaps, TapFeatures
 from .tokenizer import clip_tokenizer
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diff2in1.data.imageio import load_rgb, save_text
 from diff2in1.data.layout import IMG_DIR, list_ids, read_caption, sample_paths
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import load_rgb, save_text
 
 NO_MODEL_MESSAGE = (
     "caption: give --model PATH, a local folder of a transformers image-to-text model (e.g. BLIP); "

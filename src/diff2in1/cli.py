@@ -122,33 +122,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
 
-def _overrides(a: argparse.Namespace, names: list[str]) -> dict:
-    return {n: getattr(a, n, None) for n in names}
+def _overrides(a: argparse.Namespace, config_class: type) -> dict:
+    """The flags given on the command line for the fields of `config_class` (None = not given)."""
+    import dataclasses
 
-
-TRAIN_KEYS = [
-    "data",
-    "backbone",
-    "out",
-    "split",
-    "resolution",
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "lr",
-    "seed",
-    "loss",
-    "checkpoint_every",
-    "mixed_precision",
-    "grad_accum",
-    "feature_cache",
-    "num_workers",
-    "device",
-    "progress",
-    "skip_bad_samples",
-    "resize",
-    "drop_last",
-]
+    return {f.name: getattr(a, f.name) for f in dataclasses.fields(config_class) if hasattr(a, f.name)}
 
 
 def _require(cfg, names: list[str], command: str) -> None:
@@ -168,7 +146,7 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
         from .config import WarmupConfig, load_config
         from .stages.warmup import train_warmup
 
-        cfg = load_config(WarmupConfig, a.config, **_overrides(a, TRAIN_KEYS + ["head"]))
+        cfg = load_config(WarmupConfig, a.config, **_overrides(a, WarmupConfig))
         _require(cfg, ["data", "backbone", "out"], "train-warmup")
         result = train_warmup(cfg, resume=a.resume)
         for sample_id, reason in result.skipped:
@@ -200,7 +178,7 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
 
 def _predictor(a: argparse.Namespace):
     from .backbone import autocast_dtype
-    from .stages.predict import NormalPredictor
+    from .inference.predictor import NormalPredictor
 
     amp = autocast_dtype(a.mixed_precision)
     return NormalPredictor.from_paths(
@@ -232,7 +210,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
-        from .outputs import refuse_overlap
+        from .path_overlap import refuse_overlap
         from .stages.evaluate import evaluate, format_table
 
         # Bad data fails before any model loads.
@@ -312,8 +290,8 @@ def _predict(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
-        from .inference.files import collect_images, predict_files
         from .inference.pipeline import load_pipeline
+        from .inference.predict_files import collect_images, predict_files
         from .inference.sources import DEMO_NOTE
 
         if a.ensemble_size < 1 or a.batch_size < 1:
@@ -427,27 +405,7 @@ def _create_data(p: argparse.ArgumentParser) -> None:
         from .config import CreateConfig, load_config
         from .stages.create import run_create
 
-        keys = [
-            "data",
-            "backbone",
-            "head",
-            "out",
-            "split",
-            "resolution",
-            "resize",
-            "samples_per_image",
-            "t_start",
-            "steps",
-            "guidance",
-            "seed",
-            "batch_size",
-            "mixed_precision",
-            "shard",
-            "preview",
-            "device",
-            "progress",
-        ]
-        cfg = load_config(CreateConfig, a.config, **_overrides(a, keys))
+        cfg = load_config(CreateConfig, a.config, **_overrides(a, CreateConfig))
         _require(cfg, ["data", "backbone", "head", "out"], "create-data")
         result = run_create(cfg)
         print(
@@ -477,8 +435,7 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
         from .config import SelfImproveConfig, load_config
         from .stages.self_improve import train_self_improve
 
-        keys = TRAIN_KEYS + ["synthetic", "init", "ema_decay", "ema_every", "recreate_every"]
-        cfg = load_config(SelfImproveConfig, a.config, **_overrides(a, keys))
+        cfg = load_config(SelfImproveConfig, a.config, **_overrides(a, SelfImproveConfig))
         _require(cfg, ["data", "backbone", "out", "init"], "train-self-improve")
         result = train_self_improve(cfg, resume=a.resume)
         print(
@@ -546,10 +503,9 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> None:
         from .config import ReproduceConfig, load_config
-        from .stages.reproduce import plan, run_reproduce
+        from .workflows.reproduce import plan, run_reproduce
 
-        keys = ["data", "backbone", "out", "caption_model", "device", "mixed_precision", "progress"]
-        cfg = load_config(ReproduceConfig, a.config, **_overrides(a, keys))
+        cfg = load_config(ReproduceConfig, a.config, **_overrides(a, ReproduceConfig))
         if a.plan:
             print(plan(cfg))
             return
@@ -574,7 +530,7 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
     def run(a: argparse.Namespace) -> None:
-        from .stages.demo import DemoConfig, pick_threads, run_demo
+        from .workflows.demo import DemoConfig, pick_threads, run_demo
 
         print(pick_threads(a.threads), flush=True)
 

@@ -105,7 +105,7 @@ REPRODUCE_SETS = {"warmup": (), "create": ("head",), "self_improve": ("init", "s
 
 
 def stage_defaults(cls: type, stage: str) -> dict[str, Any]:
-    from .runs import to_plain
+    from .training.run_folder import to_plain
 
     drop = set(REPRODUCE_SHARED) | set(REPRODUCE_SETS[stage])
     return {k: v for k, v in to_plain(cls()).items() if k not in drop}
@@ -177,6 +177,6 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
 
 def default_yaml(cls: type) -> str:
     """The YAML text of a config class's defaults (what `configs/*.yaml` ship)."""
-    from .runs import to_plain
+    from .training.run_folder import to_plain
 
     return yaml.safe_dump(to_plain(cls()), sort_keys=False)

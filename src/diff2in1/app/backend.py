@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from ..backbone import _stride_ok, ddim_inference_steps
-from ..data.imageio import read_image_float
 from ..errors import InputError
+from ..imaging.files import read_image_float
 from ..inference.image_processor import RESIZE_MODES, resize_image
 from ..inference.pipeline import Diff2in1Pipeline, load_pipeline
 
@@ -91,7 +91,7 @@ def demo_pipeline(
     procedural scenes at 128 px in a temporary folder, deleted afterwards.
     """
     from ..backbone import load_backbone
-    from ..stages.warmup import build_head
+    from ..heads import build_head
 
     device = torch.device(device)
     if train_steps is None:

@@ -31,7 +31,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from diff2in1.data.imageio import load_npy, load_png_rgb_strict, load_rgb, npy_header, png_header
 from diff2in1.data.layout import (
     NORM_DIR,
     FloatNormals,
@@ -43,6 +42,14 @@ from diff2in1.data.layout import (
     valid_mask_of,
 )
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import load_npy, load_png_rgb_strict, load_rgb, npy_header, png_header
+from diff2in1.imaging.resize import (
+    nearest_indices,
+    resize_bilinear,
+    resize_image,
+    resize_nearest,
+    resize_normals_research,
+)
 
 OnError = Literal["raise", "skip"]
 ResizeMode = Literal["research", "nearest"]
@@ -70,54 +77,6 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if h <= 0 or w <= 0:
         raise InputError(f"size must be positive, got {size}")
     return h, w
-
-
-def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each output pixel for nearest resizing (pixel-centre rule, as PIL NEAREST)."""
-    idx = np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64)
-    return np.clip(idx, 0, n_in - 1)
-
-
-def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an HxW[xC] array to size=(H, W)."""
-    h, w = array.shape[:2]
-    if (h, w) == tuple(size):
-        return array
-    return array[nearest_indices(h, size[0])][:, nearest_indices(w, size[1])]
-
-
-def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`inference.image_processor.resize_image`, the one bilinear resize of the package (imported
-    here on first use: that module imports this package)."""
-    from diff2in1.inference.image_processor import resize_image as resize
-
-    return resize(x, size)
-
-
-def resize_bilinear(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of an HxW[xC] array to size=(H, W) in float64: `resize_image` (OpenCV
-    INTER_LINEAR semantics, no antialias) on a numpy array. Same size: a float64 copy."""
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
-    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
-    out = resize_image(t, size)
-    return (out[0] if array.ndim == 2 else out.permute(1, 2, 0)).numpy()
-
-
-def resize_normals_research(
-    normal: np.ndarray, mask: np.ndarray, size: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The research loader's normal resize: bilinear, not renormalised; valid where every blended
-    source pixel is. `normal` in any affine encoding (e.g. pixel / 255): bilinear commutes with it.
-    Returns (float64 HxWx3 with invalid pixels 0, bool HxW)."""
-    # Valid where bilinear(mask) == 1 exactly (the research code's test on cv2.resize), computed as
-    # bilinear(1 - mask) == 0: the same in exact arithmetic, and an all-valid neighbourhood gives
-    # exactly 0 (0 * w), whereas torch's float64 weights can sum to 1 +- 1 ulp at some ratios (cv2's
-    # do not), so `== 1` would drop valid pixels and a tolerance keep pixels that blend an invalid
-    # one. Checked against cv2.resize (INTER_LINEAR, float64): identical masks, also at odd ratios.
-    new_mask = resize_bilinear(1.0 - mask.astype(np.float64), size) == 0.0
-    new_normal = resize_bilinear(normal, size)
-    new_normal[~new_mask] = 0.0
-    return new_normal, new_mask
 
 
 class NormalsDataset(Dataset):

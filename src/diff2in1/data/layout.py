@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from diff2in1.data.imageio import (
+from diff2in1.errors import InputError
+from diff2in1.imaging.files import (
     TMP_SUFFIX,
     image_to_uint8,
     load_npy,
@@ -34,7 +35,6 @@ from diff2in1.data.imageio import (
     save_text,
     to_hwc,
 )
-from diff2in1.errors import InputError
 
 IMG_DIR = "img"
 NORM_DIR = "norm"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..atomic import disk_error
 from ..errors import InputError
-from ..outputs import refuse_overlap
+from ..path_overlap import refuse_overlap
 from .layout import list_ids
 
 

@@ -17,8 +17,8 @@ from diffusers.configuration_utils import FrozenDict, register_to_config
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..alignment import realign_
 from ..errors import InputError
+from ..memory_alignment import realign_
 from .decoder import NormalDecoder
 from .fusion import FeatureFusion, FeatureGroups
 
@@ -107,6 +107,9 @@ class HeadConfig:
         return cls(**d)
 
 
+_REFERENCE = HeadConfig.reference()
+
+
 @dataclass
 class HeadOutput:
     """Head prediction.
@@ -137,40 +140,30 @@ class NormalHead(ModelMixin, ConfigMixin):
 
     config_name = CONFIG_NAME
 
+    # The width arguments repeat HeadConfig's field names because diffusers' ConfigMixin records a
+    # model's config from its __init__ signature; their defaults are HeadConfig's (the one place).
     @register_to_config
     def __init__(
         self,
-        in_channels: tuple[int, int, int, int] = (7680, 7040, 4160, 2560),
-        f4: int = 2048,
-        f3: int = 176,
-        f2: int = 64,
-        g: int = 64,
-        f1: int = 40,
-        f0: int = 24,
-        decoder_widths: tuple[int, int, int, int, int] = (2048, 1024, 512, 256, 128),
-        refine_hidden: int = 128,
-        gn_groups: int = 8,
-        sampling_ratio: float = 0.4,
-        importance_ratio: float = 0.7,
+        in_channels: tuple[int, int, int, int] = _REFERENCE.in_channels,
+        f4: int = _REFERENCE.f4,
+        f3: int = _REFERENCE.f3,
+        f2: int = _REFERENCE.f2,
+        g: int = _REFERENCE.g,
+        f1: int = _REFERENCE.f1,
+        f0: int = _REFERENCE.f0,
+        decoder_widths: tuple[int, int, int, int, int] = _REFERENCE.decoder_widths,
+        refine_hidden: int = _REFERENCE.refine_hidden,
+        gn_groups: int = _REFERENCE.gn_groups,
+        sampling_ratio: float = _REFERENCE.sampling_ratio,
+        importance_ratio: float = _REFERENCE.importance_ratio,
         processing_resolution: int | list[int] | None = None,
         resize_mode: str | None = None,
         backbone: dict | None = None,
     ) -> None:
         super().__init__()
-        c = HeadConfig(
-            in_channels=in_channels,
-            f4=f4,
-            f3=f3,
-            f2=f2,
-            g=g,
-            f1=f1,
-            f0=f0,
-            decoder_widths=decoder_widths,
-            refine_hidden=refine_hidden,
-            gn_groups=gn_groups,
-            sampling_ratio=sampling_ratio,
-            importance_ratio=importance_ratio,
-        )
+        args = locals()
+        c = HeadConfig(**{f.name: args[f.name] for f in dataclasses.fields(HeadConfig)})
         if resize_mode not in (None, *RESIZE_MODES):
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         self.fusion = FeatureFusion(c.in_channels, c.f4, c.f3, c.f2, c.g, c.f1, c.f0)

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..alignment import realign_
 from ..errors import InputError
+from ..memory_alignment import realign_
 from .normal_head import HeadConfig, NormalHead, check_state_dict, short_list
 
 # research prefix -> our prefix

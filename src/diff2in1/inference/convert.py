@@ -8,7 +8,7 @@ from ..atomic import TMP_SUFFIX
 from ..errors import InputError
 from ..fingerprint import backbone_fingerprint
 from ..heads import NormalHead, load_research_checkpoint
-from ..outputs import refuse_overlap
+from ..path_overlap import refuse_overlap
 from .pipeline import Diff2in1Pipeline
 
 

@@ -14,10 +14,7 @@ convention), uint8 tensors in [0, 255].
 from __future__ import annotations
 
 import io
-import math
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,16 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from diff2in1.atomic import atomic_write
-from diff2in1.data.imageio import array_to_float, pil_to_float, read_image_float, to_hwc
 from diff2in1.errors import InputError
+from diff2in1.imaging.files import array_to_float, pil_to_float, read_image_float, to_hwc
+from diff2in1.imaging.png16 import encode_png_16bit, read_normals_16bit_png, read_png_16bit
+from diff2in1.imaging.resize import (
+    check_resolution,
+    keep_aspect_size,
+    resize_image,
+    resize_map,
+    resize_normals,
+)
 from diff2in1.viz import (
     UNCERTAINTY_MAX_DEG,
     add_colorbar,
@@ -61,194 +66,6 @@ class ResizeInfo:
         return self.resolution - self.resized_size[0], self.resolution - self.resized_size[1]
 
 
-# ----------------------------------------------------------------------------- resizing
-
-
-def _check_size(size: Any) -> tuple[int, int]:
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise InputError(f"size: expected (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise InputError(f"size: expected positive (height, width), got {size!r}")
-    return h, w
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-    """Bilinear (align_corners False, no antialias) over the last two dims of (..., H, W)."""
-    if x.ndim < 2:
-        raise InputError(f"resize: expected a (..., H, W) tensor, got shape {tuple(x.shape)}")
-    lead, (hh, ww) = x.shape[:-2], x.shape[-2:]
-    y = x.reshape(1, -1, hh, ww).to(dtype)
-    y = F.interpolate(y, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return y.reshape(*lead, *size)
-
-
-def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The research image resize: bilinear, align_corners=False, no antialias, on float values.
-
-    This is OpenCV's INTER_LINEAR (half-pixel centres, clamped borders), also when shrinking.
-    x: (..., H, W) float tensor, e.g. (3, H, W) or (B, 3, H, W); returns (..., h, w) in x's
-    float dtype (float32 for integer input). Computed in float64 where the device has it, so
-    the result is the exact bilinear value rounded once.
-    """
-    size = _check_size(size)
-    out_dtype = x.dtype if x.is_floating_point() else torch.float32
-    if tuple(x.shape[-2:]) == size:
-        return x.to(out_dtype, copy=True)
-    work = torch.float32 if x.device.type == "mps" else torch.float64
-    return _resize(x, size, work).to(out_dtype)
-
-
-def resize_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners False) of maps (..., h, w), e.g. kappa (B, 1, h, w)."""
-    size = _check_size(size)
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return _resize(x, size, x.dtype if x.is_floating_point() else torch.float32)
-
-
-def resize_normals(normal: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of normals (3, h, w) or (B, 3, h, w), renormalised to unit length."""
-    if normal.ndim < 3 or normal.shape[-3] != 3:
-        raise InputError(f"normals: expected (3, H, W) or (B, 3, H, W), got shape {tuple(normal.shape)}")
-    normal = resize_map(normal, size)
-    return normal / (torch.linalg.vector_norm(normal, dim=-3, keepdim=True) + 1e-10)
-
-
-def _check_resolution(resolution: Any) -> int:
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-        raise InputError(f"resolution: expected an int, got {resolution!r}")
-    if resolution <= 0 or resolution % 64:
-        raise InputError(f"resolution: must be a positive multiple of 64, got {resolution}")
-    return int(resolution)
-
-
-def keep_aspect_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
-    """(H, W) -> (h, w) with the longest edge = resolution, the other rounded (half up), >= 1."""
-    h, w = size
-    long = max(h, w)
-
-    def side(n: int) -> int:
-        return resolution if n == long else max(1, int(math.floor(n * resolution / long + 0.5)))
-
-    return side(h), side(w)
-
-
-# ----------------------------------------------------------------------------- 16-bit PNG
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-
-def encode_png_16bit(rgb16: np.ndarray) -> bytes:
-    """uint16 (H, W, 3) -> bytes of a 16-bit RGB PNG (Sub filter, zlib), which PIL cannot write."""
-    rgb16 = np.asarray(rgb16)
-    if rgb16.dtype != np.uint16 or rgb16.ndim != 3 or rgb16.shape[-1] != 3 or 0 in rgb16.shape:
-        raise InputError(f"png: expected a non-empty uint16 (H, W, 3) array, got {rgb16.dtype} {rgb16.shape}")
-    h, w, _ = rgb16.shape
-    raw = np.ascontiguousarray(rgb16.astype(">u2")).view(np.uint8).reshape(h, w * 6)
-    rows = np.empty((h, 1 + w * 6), np.uint8)
-    rows[:, 0] = 1  # filter "Sub": each byte minus the byte one pixel (6 bytes) to its left
-    rows[:, 1:7] = raw[:, :6]
-    rows[:, 7:] = raw[:, 6:] - raw[:, :-6]  # uint8 arithmetic wraps mod 256, as PNG wants
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16-bit, truecolour, no interlace
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _unfilter_slow(kind: int, line: bytearray, prev: bytes, bpp: int) -> None:
-    """PNG filters 3 (Average) and 4 (Paeth), in place, byte by byte."""
-    for i in range(len(line)):
-        a = line[i - bpp] if i >= bpp else 0
-        b = prev[i]
-        if kind == 3:
-            line[i] = (line[i] + ((a + b) >> 1)) & 0xFF
-        else:
-            c = prev[i - bpp] if i >= bpp else 0
-            p = a + b - c
-            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-            pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-            line[i] = (line[i] + pred) & 0xFF
-
-
-def read_png_16bit(path: str | os.PathLike) -> np.ndarray:
-    """Decode a non-interlaced 8/16-bit grey/RGB(A) PNG to (H, W, C) uint8/uint16, full precision.
-
-    PIL reads 16-bit RGB PNGs as 8-bit; this reads back `export_normals_16bit_png` files (and
-    other encoders' files: filters 3 and 4 take a slow per-byte path).
-    """
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{name}: file not found") from None
-    except OSError as e:
-        raise InputError(f"{name}: cannot read ({type(e).__name__})") from None
-    if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise InputError(f"{name}: not a PNG file")
-    pos, idat, ihdr = 8, [], None
-    while pos + 8 <= len(data):
-        (n,) = struct.unpack(">I", data[pos : pos + 4])
-        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
-        pos += 12 + n
-        if tag == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif tag == b"IDAT":
-            idat.append(body)
-        elif tag == b"IEND":
-            break
-    if ihdr is None or not idat:
-        raise InputError(f"{name}: truncated PNG (no IHDR or IDAT)")
-    w, h, depth, ctype, _, _, interlace = ihdr
-    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(ctype)
-    if channels is None or depth not in (8, 16) or interlace:
-        what = f"bit depth {depth}, colour type {ctype}" + (", interlaced" if interlace else "")
-        raise InputError(f"{name}: unsupported PNG ({what})")
-    bpp = channels * depth // 8
-    stride = w * bpp
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise InputError(f"{name}: corrupt PNG data ({e})") from None
-    if len(raw) < h * (stride + 1):
-        raise InputError(f"{name}: truncated PNG data")
-    rows = np.frombuffer(raw, np.uint8, count=h * (stride + 1)).reshape(h, stride + 1)
-    out = np.zeros((h, stride), np.uint8)
-    prev = np.zeros(stride, np.uint8)
-    for y in range(h):
-        kind, line = int(rows[y, 0]), rows[y, 1:]
-        if kind == 0:
-            cur = line.copy()
-        elif kind == 1:  # running sum per byte position within a pixel, mod 256
-            cur = np.cumsum(line.reshape(w, bpp), axis=0, dtype=np.uint64).astype(np.uint8).reshape(-1)
-        elif kind == 2:
-            cur = line + prev
-        elif kind in (3, 4):
-            buf = bytearray(line.tobytes())
-            _unfilter_slow(kind, buf, prev.tobytes(), bpp)
-            cur = np.frombuffer(bytes(buf), np.uint8)
-        else:
-            raise InputError(f"{name}: bad PNG filter type {kind} in row {y}")
-        out[y] = cur
-        prev = cur
-    dtype = ">u2" if depth == 16 else np.uint8
-    return out.view(dtype).reshape(h, w, channels).astype(np.uint16 if depth == 16 else np.uint8)
-
-
-def read_normals_16bit_png(path: str | os.PathLike) -> np.ndarray:
-    """A 16-bit normals PNG written by `export_normals_16bit_png` -> float32 (H, W, 3) in [-1, 1]."""
-    rgb = read_png_16bit(path)
-    if rgb.dtype != np.uint16 or rgb.shape[-1] != 3:
-        raise InputError(f"{path}: expected a 16-bit RGB PNG, got {rgb.dtype} with {rgb.shape[-1]} channels")
-    return (rgb.astype(np.float32) / 65535.0) * 2.0 - 1.0
-
-
 # ----------------------------------------------------------------------------- processor
 
 
@@ -274,7 +91,7 @@ class Diff2in1ImageProcessor:
         """One item or a list of PIL images, numpy arrays, torch tensors or file paths ->
         float32 (3, H, W) tensors in [-1, 1], one per image (a (B, 3, H, W) tensor gives B).
 
-        - PIL: any mode; alpha dropped; 16-bit grey (I;16) /65535; see `imageio.pil_to_float`.
+        - PIL: any mode; alpha dropped; 16-bit grey (I;16) /65535; see `imaging.files.pil_to_float`.
         - numpy: HxW, HxWx1, HxWx3, HxWx4; uint8 /255, uint16 /65535, float in [0, 1].
         - torch: (H, W), (1|3, H, W), (B, 1|3, H, W); float taken as [-1, 1], uint8 /255.
         - str / Path: decoded with PIL, EXIF orientation applied (not for PIL images passed in).
@@ -364,7 +181,7 @@ class Diff2in1ImageProcessor:
         "squash": bilinear resize to resolution x resolution (the research recipe, aspect lost).
         "keep_aspect": longest edge -> resolution, then edge-replicated padding right and bottom.
         """
-        resolution = _check_resolution(resolution)
+        resolution = check_resolution(resolution)
         if resize_mode not in RESIZE_MODES:
             raise InputError(f"resize_mode: expected one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
         if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[0] != 3 or 0 in x.shape:

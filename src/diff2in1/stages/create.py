@@ -32,10 +32,10 @@ from ..data import NormalsDataset, write_sample
 from ..errors import InputError
 from ..fingerprint import check_head
 from ..heads import NormalHead
-from ..outputs import refuse_overlap
-from ..runs import to_plain
+from ..path_overlap import refuse_overlap
+from ..training.loop import mix_seed
+from ..training.run_folder import to_plain
 from ..viz import add_colorbar, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
-from .loop import mix_seed
 
 SPLIT = "train"
 
@@ -129,7 +129,7 @@ def check_or_record_settings(
     fingerprints) into a new `cfg.out`, or refuse an existing one made with other settings (named).
     `strict=False` (the self-improving stage completing its own re-created set after a resume)
     does not compare the creation head, which has moved on since."""
-    from ..runs import _comparable
+    from ..training.run_folder import _comparable
 
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

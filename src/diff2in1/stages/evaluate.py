@@ -17,6 +17,7 @@ from ..atomic import save_text
 from ..data import NormalsDataset
 from ..errors import InputError
 from ..inference.image_processor import resize_image, resize_map, resize_normals
+from ..inference.predictor import NormalPredictor
 from ..inference.uncertainty import expected_error
 from ..metrics import CalibrationAccumulator, MetricAccumulator, angular_error_deg
 from ..viz import (
@@ -29,7 +30,6 @@ from ..viz import (
     uncertainty_to_rgb,
     with_normal_key,
 )
-from .predict import NormalPredictor
 
 METRIC_NAMES = ("mean", "median", "rmse", "a11", "a22", "a30")
 METRIC_LABELS = {

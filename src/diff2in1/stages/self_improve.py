@@ -20,14 +20,14 @@ from ..backbone import Backbone, load_backbone, weights_dtype
 from ..config import CreateConfig, SelfImproveConfig
 from ..data import NormalsDataset
 from ..errors import InputError
-from ..heads import NormalHead
+from ..heads import NormalHead, build_head
 from ..losses import head_loss
-from ..outputs import refuse_overlap
-from ..runs import RunDir
+from ..path_overlap import refuse_overlap
+from ..training.feature_cache import PosteriorCache
+from ..training.loop import LoopResult, check_batches, make_accelerator, mix_seed, run_training
+from ..training.run_folder import RunDir
 from .create import create_data
-from .feature_cache import PosteriorCache
-from .loop import LoopResult, check_batches, make_accelerator, mix_seed, run_training
-from .warmup import build_head, make_caches, step_features
+from .warmup import make_caches, step_features
 
 
 class Tagged(Dataset):

@@ -14,8 +14,8 @@ import torch
 
 from ..backbone import Backbone, load_backbone
 from ..heads import NormalHead
-from ..inference.image_processor import resize_image, resize_map, resize_normals
-from ..inference.pipeline import DEFAULT_RESOLUTION, Diff2in1Pipeline
+from .image_processor import resize_image, resize_map, resize_normals
+from .pipeline import DEFAULT_RESOLUTION, Diff2in1Pipeline
 
 __all__ = ["NormalPredictor", "Prediction", "resize_map", "resize_normals"]
 

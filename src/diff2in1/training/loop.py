@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import InputError
-from ..runs import RunDir, atomic_dir, optimizer_from_tensors, optimizer_to_tensors
+from .run_folder import RunDir, atomic_dir, optimizer_from_tensors, optimizer_to_tensors
 
 
 def mix_seed(*parts: int) -> int:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..outputs import refuse_overlap
+from ..path_overlap import refuse_overlap
 from .pipeline import Diff2in1Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}

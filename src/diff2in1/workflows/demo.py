@@ -31,9 +31,13 @@ from ..data import NormalsDataset
 from ..data.scenes import make_scenes
 from ..heads import NormalHead
 from ..heads.normal_head import WEIGHTS_NAMES
+from ..inference.predictor import NormalPredictor
 from ..metrics import angular_error_deg
-from ..runs import RunDir, to_plain
-from ..stage_clock import StageClock
+from ..stages.create import create_data
+from ..stages.evaluate import evaluate, format_table
+from ..stages.self_improve import train_self_improve
+from ..stages.warmup import train_warmup
+from ..training.run_folder import RunDir, to_plain
 from ..viz import (
     add_colorbar,
     error_to_rgb,
@@ -46,11 +50,7 @@ from ..viz import (
     uncertainty_to_rgb,
     with_normal_key,
 )
-from .create import create_data
-from .evaluate import evaluate, format_table
-from .predict import NormalPredictor
-from .self_improve import train_self_improve
-from .warmup import train_warmup
+from .stage_clock import StageClock
 
 WARMUP = "warm-up"
 EXPLOIT = "self-improved (exploitation)"

@@ -48,9 +48,9 @@ from ..config_check import check_config
 from ..data import NormalsDataset
 from ..data.layout import list_ids, sample_paths
 from ..errors import InputError
-from ..outputs import refuse_overlap
-from ..runs import RunDir, to_plain
-from ..stage_clock import StageClock
+from ..path_overlap import refuse_overlap
+from ..training.run_folder import RunDir, to_plain
+from .stage_clock import StageClock
 
 STAGE_CLASSES = {
     "warmup": WarmupConfig,
@@ -329,13 +329,13 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
 
     from ..backbone import autocast_dtype, ddim_inference_steps, load_backbone, weights_dtype
     from ..heads import NormalHead
+    from ..inference.predictor import NormalPredictor
     from ..info import best_device
-    from .create import create_data, write_manifest
-    from .evaluate import evaluate
-    from .loop import check_batches
-    from .predict import NormalPredictor
-    from .self_improve import train_self_improve
-    from .warmup import train_warmup
+    from ..stages.create import create_data, write_manifest
+    from ..stages.evaluate import evaluate
+    from ..stages.self_improve import train_self_improve
+    from ..stages.warmup import train_warmup
+    from ..training.loop import check_batches
 
     if not cfg.out:
         raise InputError("reproduce: missing --out")

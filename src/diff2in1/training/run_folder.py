@@ -22,8 +22,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_path, clean_stale_tmp, disk_error, save_text
-from .errors import InputError
+from ..atomic import atomic_path, clean_stale_tmp, disk_error, save_text
+from ..errors import InputError
 
 
 @contextmanager

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/diff2in1 --threads 2 demo --out runs/demo
+	$(BIN)/diff2in1 demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks

@@ -59,8 +59,8 @@ def server():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # The demo weights without their 30-second training: tiny-scenes + an untrained head.
-    srv = serve(port=port, block=False, quiet=True, demo_train_steps=0)
+    # The demo weights: tiny-scenes + its shipped head.
+    srv = serve(port=port, block=False, quiet=True)
     yield srv
     srv.close()
 
@@ -109,6 +109,7 @@ def test_bad_uploads_give_one_line_and_the_server_goes_on(page, server, tmp_path
     assert msg.startswith("Error: ") and "\n" not in msg, msg
     assert "notes.txt: not an image" in msg and "empty.png: empty file" in msg, msg
     assert "Traceback" not in page.content()
+    assert page.locator(".toast-body").count() == 0  # the message is in the status box, not over the page
     assert "Demo weights" in page.locator("#demo-note").inner_text()  # the page says what it runs
     with urllib.request.urlopen(server.url, timeout=30) as r:  # still serving
         assert r.status == 200
@@ -147,6 +148,18 @@ def test_normal_map_of_an_uploaded_picture(page, tmp_path):
     assert n.shape == (80, 96, 3) and np.allclose(np.linalg.norm(n, axis=-1), 1, atol=1e-3)
     npy = np.load(io.BytesIO(_fetch(links["room_normal.npy"])), allow_pickle=False)
     assert npy.shape == (80, 96, 3) and np.abs(npy - n).max() < 1e-4
+    key = page.locator("#normals-key img")  # the colour key of the normal maps
+    expect(key).to_have_count(1)
+    assert Image.open(io.BytesIO(_fetch(key.get_attribute("src")))).width > 60
+    # A new upload replaces the previous set (the file box alone would add to it).
+    other = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, p in enumerate(other):
+        Image.fromarray(render_scene(10 + i, (64, 64)).image).save(p)
+    page.locator("#normals-upload input[type=file]").set_input_files([str(p) for p in other])
+    expect(page.locator("#normals-upload a[href$='/b.png']")).to_have_count(1)
+    expect(page.locator("#normals-upload a[href$='/room.png']")).to_have_count(0)
+    page.click("#normals-run")
+    expect(page.locator("#normals-status textarea")).to_have_value(re.compile(r"^2 image\(s\) done"))
 
 
 def test_backend_messages_and_create(server, tmp_path):
@@ -166,6 +179,8 @@ def test_backend_messages_and_create(server, tmp_path):
     r = backend.create(photo, "a room", 600, 6, progress=lambda d, t, w: seen.append((d, t)))
     assert seen[0] == (0, 6) and seen[-1] == (6, 6)
     assert Image.open(r.image).size == (128, 128) and Image.open(r.normals).size == (128, 128)
+    note = "The 140x100 upload was squashed to the model's 128x128, the size of the new image."
+    assert r.squash_note() == note
     assert {p.suffix for p in r.downloads} == {".png", ".npy"}
     limit = backend.pipe.image_processor.max_pixels
     backend.pipe.image_processor.max_pixels = 100 * 139

@@ -20,6 +20,12 @@ def test_demo_quick_writes_report_with_figures(tmp_path, capsys):
     assert main(args) == 0
     stdout = capsys.readouterr().out
     assert "smoke run (--quick)" in stdout and "report written to" in stdout
+    # One header per stage even with --no-progress: position, time so far, estimate of what is left.
+    headers = [line for line in stdout.splitlines() if line.startswith("[demo] ") and " so far; " in line]
+    assert len(headers) == 1 + 2 * 5 + 1, headers
+    assert headers[0].startswith("[demo] make scenes (0 s so far; estimate after the first stage)")
+    assert "[demo] seed 1 (2/2) - stage 2/5: create data (" in stdout
+    assert all("left)" in h for h in headers[1:]) and "CPU thread(s)" in stdout
     report = (out / "report.md").read_text()
     for part in (
         "Smoke run (`--quick`)",
@@ -63,19 +69,21 @@ def test_demo_quick_writes_report_with_figures(tmp_path, capsys):
         si = (out / f"seed_{seed}" / "self_improve" / "log.csv").read_text().strip().splitlines()
         control = (out / f"seed_{seed}" / "control" / "log.csv").read_text().strip().splitlines()
         assert len(si) == len(control) > 1
-        assert (out / f"seed_{seed}" / "eval" / "warmup" / "head" / "calibration.json").exists()
+        assert (out / f"seed_{seed}" / "eval" / "warmup" / "calibration.json").exists()
     logs = {p: p.read_text() for p in out.glob("seed_*/*/log.csv")}
     assert len(logs) == 6  # warm-up, self-improvement and control of each seed
     times = json.loads((out / "stage_times.json").read_text())
     assert all(r["done"] and r["seconds"] > 0 for r in times.values()), times
     table = report[report.index("## Time per stage") :]
     # Running again resumes: nothing is re-trained, the stage times and the report come back the same.
-    assert main(args) == 0
+    assert main(args[:-1]) == 0  # with progress bars: none for stages that have nothing left to do
     assert {p: p.read_text() for p in out.glob("seed_*/*/log.csv")} == logs
     assert json.loads((out / "stage_times.json").read_text()) == times
     again = (out / "report.md").read_text()
     assert again[again.index("## Time per stage") :] == table
-    assert "report written to" in capsys.readouterr().out
+    resumed = capsys.readouterr()
+    assert "report written to" in resumed.out and "seed 0 (1/2) - stage 5/5: evaluate" in resumed.out
+    assert "create:" not in resumed.err  # no bar for a stage with nothing left to do
 
 
 def _metrics(mean: float) -> dict:

@@ -53,6 +53,16 @@ _positive_int = _int_at_least(1, "must be at least 1")
 _non_negative_int = _int_at_least(0, "must be 0 or more")
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     """ "512" or "480x640" -> (height, width)."""
     try:
@@ -86,7 +96,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         help="leave out each epoch's short last batch (default: yes, as the research loader)",
     )
     p.add_argument("--epochs", type=_positive_int)
-    p.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps")
+    p.add_argument(
+        "--max-steps", type=_non_negative_int, help="stop after this many optimizer steps (0 = no limit)"
+    )
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
@@ -184,7 +196,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", help="folder for metrics.json, per_image.csv, grid.png (default: <head>_eval_<split>)"
     )
-    p.add_argument("--limit", type=_non_negative_int, default=0, help="evaluate only the first N images")
+    p.add_argument(
+        "--limit", type=_non_negative_int, default=0, help="evaluate only the first N images (0 = all)"
+    )
     p.add_argument(
         "--skip-bad-samples",
         action="store_true",
@@ -255,7 +269,23 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad-files", action="store_true", help="skip unreadable images (listed) instead of stopping"
     )
+    p.add_argument(
+        "--uncertainty-max",
+        type=_positive_float,
+        default=45.0,
+        help="colour scale of every uncertainty picture of the run: 0 to this many degrees",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
+
+    def check(a: argparse.Namespace) -> None:
+        from .inference.sources import resolve_pretrained
+
+        if a.pipeline is not None and (a.backbone is not None or a.head is not None):
+            raise InputError("--pipeline: give either a pipeline or --backbone and --head, not both")
+        if (a.backbone is None) != (a.head is None):
+            raise InputError("--backbone and --head go together (or --pipeline; or neither, for the demo)")
+        if a.pipeline is not None:
+            resolve_pretrained(a.pipeline, local_files_only=True)  # a missing folder: one line, now
 
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
@@ -286,6 +316,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
             seed=a.seed,
             skip_bad_files=a.skip_bad_files,
             progress=a.progress,
+            uncertainty_max=a.uncertainty_max,
         )
         for _path, reason in res.skipped:
             print(f"skipped {reason}")
@@ -293,7 +324,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
             raise InputError("no image could be predicted")
         print(f"predicted {len(res.written)} image(s) into {a.out}")
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
 
 
 @command(
@@ -510,7 +541,9 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
     def run(a: argparse.Namespace) -> None:
-        from .workflows.demo import DemoConfig, run_demo
+        from .workflows.demo import DemoConfig, pick_threads, run_demo
+
+        print(pick_threads(a.threads), flush=True)
 
         given = {
             "out": a.out,
@@ -545,7 +578,7 @@ def _app(p: argparse.ArgumentParser) -> None:
         "--demo-steps",
         type=_non_negative_int,
         help="with no weights given: train a fresh demo head this many steps first (~0.5 s a step on "
-        "CPU; 0 = untrained) instead of using the shipped demo head",
+        "CPU; 0 = untrained) instead of using the shipped demo head (the default)",
     )
 
     def run(a: argparse.Namespace) -> None:
@@ -558,11 +591,14 @@ def _app(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .cli_help import TOP_EXAMPLES, HelpFormatter, document, epilog
 
     parser = argparse.ArgumentParser(
         prog="diff2in1",
         description="One Stable Diffusion model for surface normals with uncertainty and "
         "multi-modal data generation (Diff-2-in-1).",
+        epilog=epilog(TOP_EXAMPLES),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"diff2in1 {__version__}")
     parser.add_argument(
@@ -570,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (help_text, add) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text))
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        document(name, p)
     return parser
 
 
@@ -580,17 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if args.command:  # the libraries' weight-loading bars say nothing a user needs (ours stay)
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
+    from .cli_help import check_command_line
 
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        check_command_line(args)  # the command line's own mistakes: before torch and the models load
+        _quiet_library_bars()
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.func(args)
     except InputError as e:
         print(f"diff2in1: error: {e}", file=sys.stderr)
@@ -603,6 +639,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diff2in1: interrupted ({INTERRUPTED.get(args.command, 'nothing was kept')})", file=sys.stderr)
         return 130
     return 0
+
+
+def _quiet_library_bars() -> None:
+    """The libraries' weight-loading bars say nothing a user needs (ours stay)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
 
 
 # What an interrupted command kept and how to go on.

@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+# The default colour scale of uncertainty (expected angular error) pictures, in degrees: the same
+# for every picture of a run, so pictures compare (`--uncertainty-max` sets another).
+UNCERTAINTY_MAX_DEG = 45.0
+
 # A perceptual-ish ramp (dark blue -> cyan -> yellow -> red), 5 anchors, linearly blended.
 _RAMP = np.array(
     [[0.05, 0.03, 0.35], [0.0, 0.45, 0.85], [0.2, 0.85, 0.6], [0.98, 0.85, 0.1], [0.8, 0.05, 0.05]]
@@ -30,6 +34,43 @@ def normal_to_rgb(normal: np.ndarray, mask: np.ndarray | None = None) -> np.ndar
     return rgb
 
 
+def normal_key(size: int = 112) -> Image.Image:
+    """The colour key of normal maps: a disc whose pixel at (x, y) shows the colour of the unit normal
+    (x, y, sqrt(1 - x^2 - y^2)), i.e. a hemisphere seen from inside, as the walls of a room, with the
+    axes labelled (x right, y down, z into the picture: the dataset convention)."""
+    font = default_font(max(10, size // 9))
+    r = size // 2 - 2
+    yy, xx = (np.mgrid[0 : 2 * r + 1, 0 : 2 * r + 1] - r) / r
+    inside = xx**2 + yy**2 <= 1.0
+    n = np.stack([xx, yy, np.sqrt(np.clip(1.0 - xx**2 - yy**2, 0, 1))], -1)
+    disc = normal_to_rgb(n)
+    disc[~inside] = 255
+    line_h = max(10, size // 9) + 3
+    pad_x, pad_top, pad_bottom = 30, 4, 3 * line_h + 6
+    img = Image.new("RGB", (disc.shape[1] + 2 * pad_x, disc.shape[0] + pad_top + pad_bottom), "white")
+    img.paste(Image.fromarray(disc), (pad_x, pad_top))
+    draw = ImageDraw.Draw(img)
+    cx, cy = pad_x + r, pad_top + r
+    draw.line([(cx, cy), (cx + r - 6, cy)], fill=(0, 0, 0), width=1)
+    draw.line([(cx, cy), (cx, cy + r - 6)], fill=(0, 0, 0), width=1)
+    draw.text((cx + r + 4, cy - 7), "+x", fill=(0, 0, 0), font=font)
+    below = pad_top + 2 * r + 3
+    draw.text((cx - 8, below), "+y", fill=(0, 0, 0), font=font)
+    draw.text((4, below + line_h), "normal colour key", fill=(0, 0, 0), font=font)
+    draw.text((4, below + 2 * line_h), "+z: into the picture", fill=(0, 0, 0), font=font)
+    return img
+
+
+def with_normal_key(picture: Image.Image | np.ndarray) -> Image.Image:
+    """A picture (e.g. a grid of normal maps) with the normal colour key at its top right."""
+    pic = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture, np.uint8))
+    key = normal_key(max(80, min(160, pic.height // 3)))
+    out = Image.new("RGB", (pic.width + key.width + 4, max(pic.height, key.height)), "white")
+    out.paste(pic.convert("RGB"), (0, 0))
+    out.paste(key, (pic.width + 4, 0))
+    return out
+
+
 def expected_angular_error(kappa: np.ndarray) -> np.ndarray:
     """Expected angle (radians) between prediction and truth under the head's angular vMF.
 
@@ -43,7 +84,7 @@ def expected_angular_error(kappa: np.ndarray) -> np.ndarray:
     return math.pi * e / (1 + e) + 2 * k / (k * k + 1)
 
 
-def uncertainty_to_rgb(kappa: np.ndarray, vmax_deg: float = 45.0) -> np.ndarray:
+def uncertainty_to_rgb(kappa: np.ndarray, vmax_deg: float = UNCERTAINTY_MAX_DEG) -> np.ndarray:
     """kappa (H, W) -> colour picture of the expected angular error (0 .. vmax_deg degrees)."""
     return colormap(np.degrees(expected_angular_error(kappa)), vmax_deg)
 

@@ -98,7 +98,7 @@ def serve(
             share=False,
             inbrowser=False,
             show_error=False,
-            quiet=quiet,
+            quiet=True,  # gradio's own lines (and its share=True hint) mean nothing here: ours below
             max_file_size=MAX_FILE_SIZE,
             ssr_mode=False,
             pwa=False,
@@ -116,8 +116,8 @@ def serve(
     server = AppServer(url=url, page=page, backend=backend)
     if host not in ("127.0.0.1", "localhost", "::1"):
         say(f"note: serving on {host}: anyone who can reach this machine can use the page (no login)")
+    say(f"diff2in1 page on {url}" + (" (Ctrl+C stops it)" if block else ""))
     if block:
-        say(f"diff2in1 page on {url} (Ctrl+C stops it)")
         try:
             page.block_thread()
         finally:

@@ -65,6 +65,16 @@ class CreateResult:
     uncertainty: Path
     downloads: list[Path]
     seconds: float = 0.0
+    upload_size: tuple[int, int] = (0, 0)  # (width, height) of the upload
+    model_size: tuple[int, int] = (0, 0)  # (width, height) it was squashed to, that of the new image
+
+    def squash_note(self) -> str:
+        """A sentence saying the upload was squashed to the model size, or "" if nothing changed."""
+        (w, h), (mw, mh) = self.upload_size, self.model_size
+        if (w, h) == (mw, mh):
+            return ""
+        what = "squashed" if w * mh != h * mw else "resized"
+        return f"The {w}x{h} upload was {what} to the model's {mw}x{mh}, the size of the new image."
 
 
 def demo_pipeline(
@@ -237,6 +247,15 @@ class AppBackend:
             f"head trained at {res_txt} px ({self.head_resize_mode})."
         )
 
+    def normal_key(self) -> Path:
+        """The colour key of the normal maps as a PNG in the work folder (made once)."""
+        from ..viz import normal_key, save_png
+
+        path = self.workdir / "normal_key.png"
+        if not path.exists():
+            save_png(normal_key(140), path)
+        return path
+
     # ------------------------------------------------------------------ uploads
     def read_upload(self, path: str | os.PathLike, name: str | None = None) -> torch.Tensor:
         """An uploaded file -> (3, H, W) in [-1, 1]; InputError with a one-line message naming it."""
@@ -402,6 +421,8 @@ class AppBackend:
                 proc.export_npy(n.astype(np.float32), out_dir / f"{stem}_created_normal.npy"),
             ],
             seconds=time.perf_counter() - t0,
+            upload_size=(int(x.shape[2]), int(x.shape[1])),
+            model_size=(int(size[1]), int(size[0])),
         )
 
     def close(self) -> None:

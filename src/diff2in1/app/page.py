@@ -1,7 +1,8 @@
 """The gradio page: a Normals tab and a Create tab on one `AppBackend` (see backend.py).
 
 Every job of both tabs runs in one queue with concurrency 1 (one model, one request at a time).
-A user's mistake is a one-line message in the tab's status box (and a toast); the server goes on.
+A user's mistake is a one-line message in the tab's status box (no toast over the page); the server
+goes on. Each upload replaces the files of the previous one.
 """
 
 from __future__ import annotations
@@ -26,15 +27,24 @@ CSS = """
 
 
 def _fail(e: Exception) -> str:
-    """A one-line message for the status box (and a toast); internal errors are logged in full."""
+    """A one-line message for the status box (no toast: it would cover the page); internal errors
+    are logged in full."""
     if isinstance(e, InputError):
         msg = str(e).strip().splitlines()[0] if str(e).strip() else "bad input"
     else:
         log.exception("internal error")
         first = (str(e).strip().splitlines() or [""])[0]
         msg = f"internal error ({type(e).__name__}: {first[:200]}); the page still works, see the server log"
-    gr.Warning(msg)
     return f"Error: {msg}"
+
+
+def keep_new_uploads(value: list | None, previous: list | None) -> tuple[list, list]:
+    """The file box adds a new upload to the files already in it; keep only the new ones, so each
+    upload replaces the previous set. Returns (files to show, files to remember)."""
+    value = [str(v) for v in (value or [])]
+    seen = {str(v) for v in (previous or [])}
+    new = [v for v in value if v not in seen] or value
+    return new, new
 
 
 def _progress(progress: gr.Progress):
@@ -48,6 +58,18 @@ def _result_image(label: str, elem_id: str) -> gr.Image:
     """An output picture of the page: a PNG file shown at IMAGE_HEIGHT, not editable."""
     return gr.Image(
         label=label, type="filepath", format="png", interactive=False, height=IMAGE_HEIGHT, elem_id=elem_id
+    )
+
+
+def _key_image(backend: AppBackend, elem_id: str) -> gr.Image:
+    """The colour key of the normal maps (x right, y down, z into the picture), small."""
+    return gr.Image(
+        value=str(backend.normal_key()),
+        label="Normal colour key",
+        type="filepath",
+        interactive=False,
+        height=150,
+        elem_id=elem_id,
     )
 
 
@@ -110,6 +132,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             uncertainty = _result_image(
                                 "Uncertainty (expected angular error, degrees)", "normals-uncertainty"
                             )
+                        _key_image(backend, "normals-key")
                         slider = gr.ImageSlider(
                             label="Image | normals (drag the handle)",
                             type="filepath",
@@ -137,7 +160,6 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                         )
                     lines = [f"{len(result.items)} image(s) done in {result.seconds:.1f} s."]
                     if result.errors:
-                        gr.Warning("left out: " + "; ".join(result.errors))
                         lines += [f"Left out: {m}" for m in result.errors]
                     names = [it.name for it in result.items]
                     files_out = [str(p) for it in result.items for p in it.downloads]
@@ -151,6 +173,9 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             return _item_view(it)
                     return gr.update(), gr.update(), gr.update()
 
+                uploaded = gr.State([])
+                files.upload(keep_new_uploads, [files, uploaded], [files, uploaded], queue=False)
+                files.clear(lambda: [], None, uploaded, queue=False)
                 run.click(
                     predict,
                     [files, resolution, resize_mode, ensemble],
@@ -201,6 +226,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             new_image = _result_image("New image", "create-image")
                             new_normals = _result_image("Its normals", "create-normals")
                             new_unc = _result_image("Its uncertainty (degrees)", "create-uncertainty")
+                        _key_image(backend, "create-key")
                         cslider = gr.ImageSlider(
                             label="Source (at model size) | new image",
                             type="filepath",
@@ -225,6 +251,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                     except Exception as e:  # every failure becomes one line on the page
                         return _fail(e), None, None, None, None, None
                     msg = f"New image made with {int(n)} DDIM steps from t={int(t)} in {r.seconds:.1f} s."
+                    msg = f"{msg} {r.squash_note()}".strip()
                     return (
                         msg,
                         [str(p) for p in r.downloads],

@@ -35,7 +35,14 @@ from diff2in1.imaging.resize import (
     resize_map,
     resize_normals,
 )
-from diff2in1.viz import add_colorbar, colormap, default_font, expected_angular_error, normal_to_rgb
+from diff2in1.viz import (
+    UNCERTAINTY_MAX_DEG,
+    add_colorbar,
+    colormap,
+    default_font,
+    expected_angular_error,
+    normal_to_rgb,
+)
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels
 RESIZE_MODES = ("squash", "keep_aspect")
@@ -247,14 +254,15 @@ class Diff2in1ImageProcessor:
     def visualize_uncertainty(
         kappa_or_uncertainty_deg: torch.Tensor | np.ndarray,
         colorbar: bool = True,
-        vmax_deg: float | None = None,
+        vmax_deg: float | str | None = None,
         input_kind: str = "kappa",
     ) -> list[Image.Image]:
         """kappa (input_kind="kappa") or expected angular error in degrees (input_kind="degrees")
         -> colour pictures of the expected angular error, with a degree colour bar on the right.
 
-        Shapes: (H, W), (B, H, W), (B, 1, H, W) or (B, H, W, 1). vmax_deg=None picks a round
-        scale at or above the 99th percentile, shared by the batch so pictures compare.
+        Shapes: (H, W), (B, H, W), (B, 1, H, W) or (B, H, W, 1). The colour scale runs from 0 to
+        vmax_deg degrees; None: `viz.UNCERTAINTY_MAX_DEG` (45), the same for every picture so they
+        compare; "auto": a round scale at or above the batch's 99th percentile.
         """
         if input_kind not in ("kappa", "degrees"):
             raise InputError(f"input_kind: expected 'kappa' or 'degrees', got {input_kind!r}")
@@ -270,9 +278,11 @@ class Diff2in1ImageProcessor:
         deg = np.degrees(expected_angular_error(a)) if input_kind == "kappa" else a
         deg = np.nan_to_num(deg, nan=0.0, posinf=180.0, neginf=0.0)
         if vmax_deg is None:
+            vmax_deg = UNCERTAINTY_MAX_DEG
+        if vmax_deg == "auto":
             p99 = float(np.percentile(deg, 99))
             vmax_deg = next((v for v in (5, 10, 15, 20, 30, 45, 60, 90, 120, 180) if v >= p99), 180)
-        elif not vmax_deg > 0:
+        elif isinstance(vmax_deg, str) or not vmax_deg > 0:
             raise InputError(f"vmax_deg: must be positive, got {vmax_deg}")
         pics = [colormap(d, float(vmax_deg)) for d in deg]
         if colorbar:

@@ -2,7 +2,8 @@
 
 Per input `<stem>`: `<stem>_normal.png` (8-bit colour picture), `<stem>_normal16.png` (16-bit,
 (n + 1) / 2 * 65535), `<stem>_normal.npy` (float32 H x W x 3), `<stem>_kappa.npy` (float32 H x W) and
-`<stem>_uncertainty.png` (expected angular error with a colour bar in degrees).
+`<stem>_uncertainty.png` (expected angular error with a colour bar in degrees, one scale for the
+whole run); once per folder `normal_key.png`, the colour key of the normal maps.
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ def predict_files(
     seed: int = 0,
     skip_bad_files: bool = False,
     progress: bool = True,
+    uncertainty_max: float | None = None,
 ) -> PredictResult:
     """Predict every image under `inputs` into `out` (see the module docstring for the files).
 
     Each image's result depends only on the image and the settings, not on its place in the list.
     With `skip_bad_files`, a file that cannot be read is listed in `skipped` instead of stopping the
-    run. Under a launcher with N processes, process r takes every N-th image.
+    run. Under a launcher with N processes, process r takes every N-th image. Every uncertainty
+    picture shares one colour scale, 0 to `uncertainty_max` degrees (default
+    `viz.UNCERTAINTY_MAX_DEG`); `normal_key.png` is the colour key of the normal maps.
     """
     from ..distributed import rank_world
 
@@ -96,6 +100,10 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = pipe.image_processor
     result = PredictResult()
+    if rank == 0:
+        from ..viz import normal_key, save_png
+
+        save_png(normal_key(), out_dir / "normal_key.png")
     mine = list(range(rank, len(files), world))
     bar = tqdm(total=len(mine), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(mine), batch_size):
@@ -125,7 +133,7 @@ def predict_files(
                     raise InputError(
                         f"{files[i]}: the prediction is not finite (NaN): check the head's weights"
                     )
-                write_prediction(pipe, out_dir, stems[i], normal, kappa)
+                write_prediction(pipe, out_dir, stems[i], normal, kappa, uncertainty_max)
                 result.written.append(files[i])
         bar.update(len(mine[start : start + batch_size]))
     bar.close()
@@ -133,7 +141,12 @@ def predict_files(
 
 
 def write_prediction(
-    pipe: Diff2in1Pipeline, out_dir: Path, stem: str, normal: np.ndarray, kappa: np.ndarray
+    pipe: Diff2in1Pipeline,
+    out_dir: Path,
+    stem: str,
+    normal: np.ndarray,
+    kappa: np.ndarray,
+    uncertainty_max: float | None = None,
 ) -> None:
     """normal (H, W, 3), kappa (H, W) -> the five files of the module docstring, each atomically."""
     from ..viz import save_png
@@ -143,4 +156,5 @@ def write_prediction(
     proc.export_normals_16bit_png(normal, out_dir / f"{stem}_normal16.png")
     proc.export_npy(normal.astype(np.float32), out_dir / f"{stem}_normal.npy")
     proc.export_npy(kappa.astype(np.float32), out_dir / f"{stem}_kappa.npy")
-    save_png(proc.visualize_uncertainty(kappa)[0], out_dir / f"{stem}_uncertainty.png")
+    unc = proc.visualize_uncertainty(kappa, vmax_deg=uncertainty_max)[0]
+    save_png(unc, out_dir / f"{stem}_uncertainty.png")

@@ -179,8 +179,12 @@ def create_data(
         "resolution": list(cfg.resolution),
     }
     t0 = time.perf_counter()
-    bar = tqdm(
-        total=len(mine), initial=len(mine) - len(todo), desc="create", unit="sample", disable=not cfg.progress
+    bar = tqdm(  # nothing to make (a resumed run): no bar, not a "create: 100%" line
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc="create",
+        unit="sample",
+        disable=not cfg.progress or not todo,
     )
     previews: list[list[np.ndarray]] = []
     for start in range(0, len(todo), cfg.batch_size):

@@ -28,6 +28,7 @@ from ..viz import (
     reliability_plot,
     save_png,
     uncertainty_to_rgb,
+    with_normal_key,
 )
 
 METRIC_NAMES = ("mean", "median", "rmse", "a11", "a22", "a30")
@@ -157,10 +158,12 @@ def evaluate(
         writer.writerows([r["id"], r["pixels"], f"{r['mean']:.4f}", f"{r['median']:.4f}"] for r in per_image)
         save_text(out / "per_image.csv", table.getvalue())
         save_png(
-            grid(
-                picture_rows,
-                ["image", "ground truth", "prediction", "error (0-45 deg)", "uncertainty (0-45 deg)"],
-                cell=160,
+            with_normal_key(
+                grid(
+                    picture_rows,
+                    ["image", "ground truth", "prediction", "error (0-45 deg)", "uncertainty (0-45 deg)"],
+                    cell=160,
+                )
             ),
             out / "grid.png",
         )

@@ -14,6 +14,7 @@ each stage is kept in `stage_times.json` (a stage resumed after an interruption 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +48,9 @@ from ..viz import (
     reliability_plot,
     save_png,
     uncertainty_to_rgb,
+    with_normal_key,
 )
+from .stage_clock import StageClock
 
 WARMUP = "warm-up"
 EXPLOIT = "self-improved (exploitation)"
@@ -61,13 +64,46 @@ ARMS = {
     CONTROL: ("control", "head"),
 }
 COLOR_MAX_DEG = 45.0  # colour scale of the error and uncertainty maps
+SEED_STAGES = ("warm-up", "create data", "self-improve", "control", "evaluate")
+# Rough relative cost of each stage at the default sizes, for the time-left estimate of the first
+# seed (later seeds use the first seed's measured times).
+STAGE_WEIGHTS = {
+    "make scenes": 0.3,
+    "warm-up": 4.0,
+    "create data": 5.0,
+    "self-improve": 4.0,
+    "control": 2.0,
+    "evaluate": 1.0,
+    "figures and report": 0.3,
+}
+
+
+def _say(text: str) -> None:
+    print(f"[demo] {text}", flush=True)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's limit)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pick_threads(requested: int | None = None) -> str:
+    """Set torch's CPU threads to `requested`, else to the usable cores; returns a line saying so."""
+    n = requested or usable_cores()
+    torch.set_num_threads(n)
+    why = "--threads" if requested else "the cores this process may use; --threads N to choose"
+    return f"[demo] {n} CPU thread(s) ({why})"
+
 
 
 @dataclass
 class DemoConfig:
     """Sizes of the demo; `quick()` is the smoke-test version used by the tests (no verdict).
 
-    Defaults (`make demo`, about 8 minutes on 2 CPU cores with `--threads 2`): 160 train / 40 test
+    Defaults (`make demo`, about 12 minutes on an idle 2-core CPU): 160 train / 40 test
     scenes at 128x128 (the same scenes for every seed), and for each of the 2 seeds a warm-up of 8
     epochs (160 steps of batch 8), 160 synthetic pairs (1 per training image, t_start 600, 50 DDIM
     steps), a self-improving stage of 2 epochs over real + synthetic (80 steps, EMA 0.998 every 10
@@ -113,12 +149,23 @@ class StageTimes:
     were removed; a stage that finds its outputs done leaves its time as it was.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: StageClock | None = None) -> None:
         self.path = path
         self.records: dict[str, dict] = json.loads(path.read_text()) if path.exists() else {}
+        self.clock = clock
 
     def run(self, name: str, fn: Callable[[], tuple[object, bool]]):
-        """`fn() -> (result, did_work)`; returns the result and records the time."""
+        """`fn() -> (result, did_work)`; returns the result and records the time. With a clock, a
+        header line first ("seed 0: warm-up" is stage "warm-up" of group "seed 0")."""
+        group, stage = name.split(": ", 1) if ": " in name else ("", name)
+        if self.clock is not None:
+            self.clock.start(group, stage)
+        result = self._run(name, fn)
+        if self.clock is not None:
+            self.clock.done(group, stage, self.seconds(name))
+        return result
+
+    def _run(self, name: str, fn: Callable[[], tuple[object, bool]]):
         old = self.records.get(name, {"seconds": 0.0, "done": False})
         before = 0.0 if old.get("done") else float(old.get("seconds") or 0.0)
         t = time.perf_counter()
@@ -223,7 +270,7 @@ def _run_seed(cfg: DemoConfig, seed: int, sd: Path, data: Path, backbone, times:
     def evaluate_all():
         metrics, calibration, worked = {}, {}, False
         for arm, (run, head) in ARMS.items():
-            where = sd / "eval" / run / head
+            where = sd / "eval" / (head if run == "self_improve" else run)  # eval/warmup, eval/creation, ...
             if (where / "metrics.json").exists() and (where / "calibration.json").exists():
                 metrics[arm] = json.loads((where / "metrics.json").read_text())
                 calibration[arm] = json.loads((where / "calibration.json").read_text())
@@ -255,7 +302,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_text(out / "demo_config.json", json.dumps(to_plain(cfg), indent=1))
-    times = StageTimes(out / "stage_times.json")
+    seed_stages = [(f"seed {s}", name) for s in cfg.seeds for name in SEED_STAGES]
+    stages = [("", "make scenes"), *seed_stages, ("", "figures and report")]
+    times = StageTimes(out / "stage_times.json", StageClock(stages, STAGE_WEIGHTS, say=_say))
     data = out / "data"
 
     def scenes():
@@ -266,9 +315,9 @@ def run_demo(cfg: DemoConfig) -> Path:
     backbone = load_backbone(cfg.backbone)
     runs = {s: _run_seed(cfg, s, out / f"seed_{s}", data, backbone, times) for s in cfg.seeds}
 
+    times.clock.start("", "figures and report")
     summary = summarize({s: r["metrics"] for s, r in runs.items()})
-    first = runs[cfg.seeds[0]]
-    figures = _figures(out, data, backbone, first, (cfg.size, cfg.size))
+    figures = _figures(out, data, backbone, runs, (cfg.size, cfg.size))
     save_text(out / "report.md", _report(cfg, runs, summary, times, figures))
     save_text(out / "metrics.json", json.dumps(summary, indent=1))
     return out / "report.md"
@@ -297,9 +346,29 @@ def summarize(per_seed: dict[int, dict[str, dict[str, float]]]) -> dict:
     }
 
 
+def pool_calibration(results: list[dict]) -> dict:
+    """Calibration results of several seeds (same bins) -> one: each bin's predicted and observed
+    means pooled over the seeds' pixels; "gap" is the mean of the seeds' gaps, as the table shows."""
+    pooled: dict[tuple[float, float], list[float]] = {}
+    for r in results:
+        for b in r["bins"]:
+            acc = pooled.setdefault((b["from"], b["to"]), [0, 0.0, 0.0])
+            acc[0] += b["pixels"]
+            acc[1] += b["predicted"] * b["pixels"]
+            acc[2] += b["observed"] * b["pixels"]
+    bins = [
+        {"from": lo, "to": hi, "pixels": n, "predicted": p / n, "observed": o / n}
+        for (lo, hi), (n, p, o) in sorted(pooled.items())
+        if n > 0
+    ]
+    return {"bins": bins, "gap": float(np.mean([r["gap"] for r in results]))}
+
+
 @torch.no_grad()
-def _figures(out: Path, data: Path, backbone, first: dict, res: tuple[int, int]) -> dict[str, str]:
-    """Figures of the first seed: sample grid (with error maps), losses, calibration."""
+def _figures(out: Path, data: Path, backbone, runs: dict, res: tuple[int, int]) -> dict[str, str]:
+    """Figures: sample grid (with error maps) and losses of the first seed; calibration of every arm
+    over all seeds."""
+    first = next(iter(runs.values()))
     test = NormalsDataset(data, "test", size=res, captions=False)
     shown = {WARMUP: "warm-up", EXPLOIT: "self-improved"}
     predictors = {
@@ -328,7 +397,7 @@ def _figures(out: Path, data: Path, backbone, first: dict, res: tuple[int, int])
     labels = ["image", "ground truth"]
     for name in shown.values():
         labels += [name, f"{name} error", f"{name} uncert."]
-    save_png(grid(rows, labels, cell=128), out / "fig_samples.png")
+    save_png(with_normal_key(grid(rows, labels, cell=128)), out / "fig_samples.png")
 
     losses = {"warm-up": first["warm"]["losses"], "self-improve": first["si"]["losses"]}
     losses["control"] = first["control"]["losses"]
@@ -343,8 +412,8 @@ def _figures(out: Path, data: Path, backbone, first: dict, res: tuple[int, int])
     )
     save_png(plot, out / "fig_losses.png")
 
-    calib = {name: first["calibration"][arm] for arm, name in shown.items()}
-    save_png(reliability_plot(calib), out / "fig_calibration.png")
+    calib = {arm: pool_calibration([r["calibration"][arm] for r in runs.values()]) for arm in ARMS}
+    save_png(reliability_plot(calib, size=(480, 420)), out / "fig_calibration.png")
     files = {"samples": "fig_samples.png", "losses": "fig_losses.png", "calibration": "fig_calibration.png"}
     preview = sorted((first["heads"][WARMUP].parent.parent / "synthetic").glob("preview_*.png"))
     if preview:
@@ -459,18 +528,21 @@ def _report(cfg: DemoConfig, runs: dict, summary: dict, times: StageTimes, figur
         "",
         format_table({arm: {k: v["mean"] for k, v in st.items()} for arm, st in arms.items()}),
         "",
-        f"## Figures (seed {seeds[0]})",
+        "## Figures",
         "",
         f"![samples]({figures['samples']})",
         "",
-        "Test scenes: image, ground truth, then for the warm-up and the self-improved head: the "
-        f"prediction, its angular error against the ground truth and its uncertainty (expected angular "
-        f"error), both coloured 0-{COLOR_MAX_DEG:g} deg with their colour bars.",
+        f"Test scenes (seed {seeds[0]}): image, ground truth, then for the warm-up and the self-improved "
+        "head: the prediction, its angular error against the ground truth and its uncertainty "
+        f"(expected angular error), both coloured 0-{COLOR_MAX_DEG:g} deg with their colour bars. Right: "
+        "the colour key of the normal maps.",
         "",
         f"![calibration]({figures['calibration']})",
         "",
-        "Calibration: observed mean angular error against the predicted expected error, per bin of "
-        "predicted error (test pixels); on the diagonal the uncertainty is right.",
+        "Calibration of every arm of the table: observed mean angular error against the predicted "
+        f"expected error, per bin of predicted error, the test pixels of all {len(seeds)} seed(s) "
+        "pooled per bin; the gap in the legend is the mean over the seeds, as in the table. On the "
+        "diagonal the uncertainty is right.",
         "",
     ]
     if "synthetic" in figures:
@@ -484,8 +556,10 @@ def _report(cfg: DemoConfig, runs: dict, summary: dict, times: StageTimes, figur
     lines += [
         f"![losses]({figures['losses']})",
         "",
-        "Training loss per optimizer step: warm-up, then the self-improving stage and the control, "
-        "both continuing from the warm-up head.",
+        f"Training loss per optimizer step (seed {seeds[0]}): warm-up, then the self-improving stage "
+        "and the control, both continuing from the warm-up head. The two later curves train on "
+        "different data (the self-improving stage on original + synthetic pairs, the control on the "
+        "original images only), so their levels do not rank the arms: the test metrics above do.",
         "",
         "## Time per stage (seconds)",
         "",
@@ -493,7 +567,7 @@ def _report(cfg: DemoConfig, runs: dict, summary: dict, times: StageTimes, figur
         "after an interruption adds its runs.",
         "",
     ]
-    stages = ["warm-up", "create data", "self-improve", "control", "evaluate"]
+    stages = list(SEED_STAGES)
     lines += [
         "| stage | " + " | ".join(f"seed {s}" for s in seeds) + " | all |",
         "|---" * (len(seeds) + 2) + "|",

@@ -51,6 +51,7 @@ from ..errors import InputError
 from ..path_overlap import refuse_overlap
 from ..run_settings import REPRODUCE_FREE, check_recorded, record_settings
 from ..training.run_folder import RunDir, to_plain
+from .stage_clock import StageClock
 
 STAGE_CLASSES = {
     "warmup": WarmupConfig,
@@ -276,6 +277,16 @@ def _training_done(run: RunDir, cfg: Any) -> bool:
     return meta.get("epoch", 0) >= cfg.epochs
 
 
+# Relative cost of each stage for the time-left estimate (the plan's one-H100 times, in minutes).
+STAGE_WEIGHTS = {
+    "captions": 1.0,
+    "warm-up": 54.0,
+    "creation": 25.0,
+    "self-improve": 168.0,
+    **{f"evaluate {k}": 0.7 for k in HEADS},
+}
+
+
 def _say(main: bool, text: str) -> None:
     if main:
         print(f"[reproduce] {text}", flush=True)
@@ -341,9 +352,14 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
         record_config(cfg, dry_run)
     state.wait_for_everyone()
 
+    names = ["captions", "warm-up", "creation", "self-improve", *(f"evaluate {k}" for k in HEADS)]
+    clock = StageClock([("", n) for n in names], STAGE_WEIGHTS, say=lambda text: _say(main, text))
+
     def stage(name: str, fn) -> None:
+        clock.start("", name)
         t = time.perf_counter()
         result.stages[name] = fn()
+        clock.done("", name, time.perf_counter() - t)
         result.seconds[name] = time.perf_counter() - t
         state.wait_for_everyone()
         _say(main, f"{name}: {result.stages[name]} ({result.seconds[name]:.1f} s)")
@@ -491,7 +507,7 @@ def report_text(
         vals = " | ".join(_num(r.get(k), 3) for k in ("mean", "median", "rmse", "a11", "a22", "a30"))
         status = {"source": "", "secondary": " (secondary)", "unconfirmed": " (**unconfirmed**)"}[r["status"]]
         lines.append(f"| {r['method']} | {r['trained_on']} | {vals} | {r['source']}{status} |")
-    if "warmup" in result.metrics and "exploitation" in result.metrics:
+    if "warmup" in result.metrics and "exploitation" in result.metrics and not dry_run:  # no verdict
         d = result.metrics["exploitation"]["mean"] - result.metrics["warmup"]["mean"]
         verb = "lowered" if d < 0 else "raised"
         lines += [

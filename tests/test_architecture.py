@@ -70,3 +70,22 @@ def test_the_architecture_page_names_every_module() -> None:
         if not named:
             missing.append(str(rel))
     assert not missing, f"docs/architecture.md does not mention {missing}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_every_import_of_the_package_resolves(path: Path) -> None:
+    """Imports inside functions run late: a moved module must not leave one pointing nowhere."""
+    missing = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        package = list(rel.parts[:-1]) if rel.parts[-1] != "__init__" else list(rel.parts[:-1])
+        base = package[: len(package) - node.level + 1] if node.level else []
+        target = ".".join(base + ([node.module] if node.module else []))
+        if not target.startswith("diff2in1"):
+            continue
+        module_file = PKG.parent.joinpath(*target.split("."))
+        if not (module_file.with_suffix(".py").is_file() or (module_file / "__init__.py").is_file()):
+            missing.append(f"line {node.lineno}: {target}")
+    assert not missing, f"{path.relative_to(PKG)} imports modules that do not exist: {missing}"

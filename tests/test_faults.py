@@ -503,7 +503,7 @@ def test_read_only_writer_is_one_line(tmp_path, monkeypatch):
         atomic.save_text(tmp_path / "x.txt", "hi")
 
 
-def test_files_get_the_umask_permissions_and_stale_temps_go(tmp_path):
+def test_files_get_the_umask_permissions_and_only_our_stale_temps_go(tmp_path):
     from diff2in1.atomic import clean_stale_tmp, save_text
 
     old = os.umask(0o022)
@@ -512,12 +512,23 @@ def test_files_get_the_umask_permissions_and_stale_temps_go(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
-    stale = tmp_path / ".b.txt.abc.tmp"
+    hour_ago = (time.time() - 3600, time.time() - 3600)
+    stale = tmp_path / ".b.txt.diff2in1-abc12345.tmp"  # what a killed writer of ours leaves
     stale.write_text("half")
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    fresh = tmp_path / ".c.txt.abc.tmp"
+    fresh = tmp_path / ".c.txt.diff2in1-abc12345.tmp"  # a live writer's
     fresh.write_text("being written")
+    users = [tmp_path / ".letter.tmp", tmp_path / ".b.txt.abc12345.tmp", tmp_path / ".x.diff2in1-tmp"]
+    users[0].write_text("mine")
+    users[1].write_text("mine too")
+    users[2].mkdir()  # named like our temp folder, but without our marker inside
+    (users[2] / "keep.txt").write_text("mine")
+    backup = tmp_path / ".backup.old"
+    backup.mkdir()
+    (backup / "f.txt").write_text("mine")
+    for p in [stale, *users, backup]:
+        os.utime(p, hour_ago)
     assert clean_stale_tmp(tmp_path) == 1 and not stale.exists() and fresh.exists()
+    assert all(p.exists() for p in users) and (backup / "f.txt").exists()
 
 
 # ------------------------------------------------------------------------------------ resume rules
@@ -534,9 +545,12 @@ def test_resume_compares_resolved_paths_and_survives_a_move(scenes_root, tmp_pat
 
 
 def test_a_run_that_saved_nothing_does_not_block_a_new_one(scenes_root, tmp_path, capsys):
+    from diff2in1.config import WarmupConfig, default_yaml
+
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.yaml").write_text("data: x\n")  # what a run that failed before its first step leaves
+    # What a run that failed before its first step leaves: its config.yaml and maybe a log row.
+    (run / "config.yaml").write_text(default_yaml(WarmupConfig))
     (run / "log.csv").write_text("step,epoch,batch,loss,seconds\n1,1,1,3.0,0.1\n")
     code, _, err = run_cli(warm_args(scenes_root, run), capsys)
     assert code == 0, err

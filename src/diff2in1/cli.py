@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .errors import InputError
+from .errors import InputError, one_line
+from .limits import MAX_RESOLUTION, MAX_SCENE_SIZE
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -53,8 +54,33 @@ _positive_int = _int_at_least(1, "must be at least 1")
 _non_negative_int = _int_at_least(0, "must be 0 or more")
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed in 0 .. 2^63 - 1 (limits.py)."""
+    from .limits import seed_problem
+
+    value = _non_negative_int(text)
+    problem = seed_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _at_most(limit: int, parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse type: `parse`, then at most `limit` (limits.py)."""
+
+    def check(text: str) -> int:
+        value = parse(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit}, got {value}")
+        return value
+
+    return check
+
+
 def _size(text: str) -> tuple[int, int]:
-    """ "512" or "480x640" -> (height, width)."""
+    """ "512" or "480x640" -> (height, width), at most limits.MAX_RESOLUTION a side."""
+    from .limits import MAX_RESOLUTION
+
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
@@ -63,6 +89,8 @@ def _size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use 512 or 480x640)")
+    if max(parts) > MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"at most {MAX_RESOLUTION} a side, got {text}")
     return parts[0], parts[1]
 
 
@@ -89,7 +117,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=_non_negative_int, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--loss", choices=["ug_nll", "angular", "l2"])
     p.add_argument("--checkpoint-every", type=_non_negative_int, help="keep a head checkpoint every k epochs")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
@@ -176,7 +204,7 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the t=0 noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the t=0 noise")
     p.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
@@ -252,7 +280,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pipeline", help="pipeline folder (see export-pipeline / convert-research)")
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
     p.add_argument("--head", help="head folder (with --backbone)")
-    p.add_argument("--resolution", type=int, help="model input size (default: the head's own)")
+    p.add_argument(
+        "--resolution", type=_at_most(MAX_RESOLUTION, int), help="model input size (default: the head's own)"
+    )
     p.add_argument(
         "--resize-mode",
         choices=["squash", "keep_aspect"],
@@ -262,7 +292,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
         "--ensemble-size", type=_positive_int, default=1, help="noise draws + flips combined (default 1)"
     )
     p.add_argument("--batch-size", type=_positive_int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the noise")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--mixed-precision",
@@ -280,12 +310,14 @@ def _predict(p: argparse.ArgumentParser) -> None:
         from .distributed import init_from_launcher
         from .inference.files import collect_images, predict_files
         from .inference.pipeline import load_pipeline
+        from .outputs import refuse_overlap
 
         if a.ensemble_size < 1 or a.batch_size < 1:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
         if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
             raise InputError(f"--resolution {a.resolution}: must be a positive multiple of 64")
         collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        refuse_overlap(a.out, pipeline=a.pipeline, backbone=a.backbone, head=a.head)
         pipe = load_pipeline(
             a.pipeline, a.backbone, a.head, init_from_launcher(a.device), weights_dtype(a.mixed_precision)
         )
@@ -333,7 +365,12 @@ def _convert_research(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", required=True, help="checkpoint_bae_<epoch>.pth (the decoder)")
     p.add_argument("--backbone", required=True, help="the SD v1.5 model.ckpt / .safetensors / folder")
     p.add_argument("--out", required=True, help="pipeline folder to write (must not exist or be empty)")
-    p.add_argument("--resolution", type=int, default=512, help="resolution the heads were trained at")
+    p.add_argument(
+        "--resolution",
+        type=_at_most(MAX_RESOLUTION, _positive_int),
+        default=512,
+        help="resolution the heads were trained at",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from .inference.convert import convert_research
@@ -349,8 +386,10 @@ def _make_scenes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--train", type=_positive_int, default=200, help="number of training scenes")
     p.add_argument("--test", type=_non_negative_int, default=50, help="number of test scenes")
-    p.add_argument("--size", type=_positive_int, default=128, help="image size (square)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--size", type=_at_most(MAX_SCENE_SIZE, _positive_int), default=128, help="image size (square)"
+    )
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     def run(a: argparse.Namespace) -> None:
@@ -376,7 +415,7 @@ def _create_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t-start", type=_positive_int, help="noise level to start from (default 600)")
     p.add_argument("--steps", type=_positive_int, help="DDIM steps below t-start (default 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = none)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--shard", help="i/n: make only this machine's share (each sample exactly once overall)")
@@ -528,9 +567,9 @@ def _demo(p: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="smoke run (~1 min): tiny sizes, checks every stage, no verdict"
     )
     p.add_argument("--backbone", help="backbone (default: the shipped tiny-scenes preset)")
-    p.add_argument("--seed", type=int, help="seed of the procedural scenes (default 0)")
+    p.add_argument("--seed", type=_seed, help="seed of the procedural scenes (default 0)")
     p.add_argument(
-        "--seeds", type=int, nargs="+", help="training seeds, one run of every stage each (default: 0 1)"
+        "--seeds", type=_seed, nargs="+", help="training seeds, one run of every stage each (default: 0 1)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
@@ -561,7 +600,9 @@ def _app(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
     p.add_argument("--head", help="head folder (with --backbone)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument(
+        "--port", type=_at_most(65535, _positive_int), help="port (default: the first free one from 7860)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument(
@@ -613,18 +654,26 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from .termination import Terminated, sigterm_as_interrupt
+
     try:
-        args.func(args)
+        with sigterm_as_interrupt():
+            if getattr(args, "device", None) is not None:  # before any model loads
+                from .devices import check_device
+
+                args.device = check_device(args.device)
+            args.func(args)
     except InputError as e:
-        print(f"diff2in1: error: {e}", file=sys.stderr)
+        print(f"diff2in1: error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a file system problem that no check above caught: still one line
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"diff2in1: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"diff2in1: error: {where}{e.strerror or one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"diff2in1: interrupted ({INTERRUPTED.get(args.command, 'nothing was kept')})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"diff2in1: {how} ({INTERRUPTED.get(args.command, 'nothing was kept')})", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -148,9 +148,9 @@ def open_pipeline(
     """The page's model: a pipeline folder, a backbone + head, or (none given) the demo weights.
     Returns the pipeline, the demo note (None for the user's own weights) and a line naming the source."""
     from ..backbone import weights_dtype
-    from ..info import best_device
+    from ..devices import resolve_device
 
-    dev = torch.device(best_device() if device == "auto" else device)
+    dev = resolve_device(device)
     dtype = weights_dtype(mixed_precision)
     if pipeline is None and backbone is None and head is None:
         pipe, note = demo_pipeline(demo_train_steps, dev, dtype, log=log)

@@ -35,6 +35,7 @@ from diff2in1.data.imageio import (
     to_hwc,
 )
 from diff2in1.errors import InputError
+from diff2in1.regular_file import check_regular_file
 
 IMG_DIR = "img"
 NORM_DIR = "norm"
@@ -220,7 +221,11 @@ def write_sample(
 
 
 def read_caption(path: Path) -> str | None:
-    """The caption text (first line, stripped), or None when the file is missing."""
+    """The caption text (first line, stripped), or None when the file is missing. Only a regular
+    file is read (a FIFO named like a caption is refused, not opened)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    check_regular_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

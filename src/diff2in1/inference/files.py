@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..outputs import refuse_overlap
+from ..regular_file import check_regular_file
 from .pipeline import Diff2in1Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -43,13 +44,14 @@ def collect_images(inputs: Iterable[str | Path], out: str | Path | None = None) 
     found: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            # Not only regular files: a FIFO or socket named like an image is named when read.
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputError(f"{p}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
             found.append(p)
-        elif p.is_symlink():
-            raise InputError(f"{p}: broken link")
+        elif p.is_symlink() or p.exists():
+            check_regular_file(p)  # a broken link or a special file: one line naming it
         else:
             raise InputError(f"{p}: no such file or folder")
     if not found:

@@ -30,9 +30,10 @@ from PIL import Image, ImageDraw
 from diff2in1.atomic import atomic_write
 from diff2in1.data.imageio import array_to_float, pil_to_float, read_image_float, to_hwc
 from diff2in1.errors import InputError
+from diff2in1.limits import MAX_IMAGE_PIXELS
 from diff2in1.viz import add_colorbar, colormap, default_font, expected_angular_error, normal_to_rgb
 
-DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS  # 64 megapixels (limits.py)
 RESIZE_MODES = ("squash", "keep_aspect")
 _TENSOR_RANGE_TOL = 1e-5  # float tensors may overshoot [-1, 1] by rounding; clamped
 

@@ -111,9 +111,18 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
         cfg.data, cfg.split, size=cfg.resolution, on_error=on_error, resize=cfg.resize, captions=False
     )
     check_batches(len(dataset), cfg)
-    refuse_overlap(cfg.out, data=cfg.data, head=cfg.head if cfg.head not in ("reference", "small") else None)
+    head_path = cfg.head if cfg.head not in ("reference", "small") else None
+    refuse_overlap(cfg.out, data=cfg.data, head=head_path, backbone=cfg.backbone)
     run = RunDir(cfg.out)
-    run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+    with run.lock():  # one command per run folder, released on any exit
+        run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+        return _train_warmup(cfg, run, dataset, resume, backbone)
+
+
+def _train_warmup(
+    cfg: WarmupConfig, run: RunDir, dataset: NormalsDataset, resume: bool, backbone: Backbone | None
+) -> LoopResult:
+    """`train_warmup` once the data and the locked run folder are checked."""
     accelerator = make_accelerator(cfg)
     backbone = backbone or load_backbone(
         cfg.backbone, device=accelerator.device, dtype=weights_dtype(cfg.mixed_precision)

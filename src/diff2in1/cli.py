@@ -308,7 +308,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
-        from .inference.files import collect_images, predict_files
+        from .inference.files import check_images, collect_images, predict_files
         from .inference.pipeline import load_pipeline
         from .outputs import refuse_overlap
 
@@ -316,7 +316,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
         if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
             raise InputError(f"--resolution {a.resolution}: must be a positive multiple of 64")
-        collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        files = collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        if not a.skip_bad_files:
+            check_images(files)
         refuse_overlap(a.out, pipeline=a.pipeline, backbone=a.backbone, head=a.head)
         pipe = load_pipeline(
             a.pipeline, a.backbone, a.head, init_from_launcher(a.device), weights_dtype(a.mixed_precision)
@@ -662,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
                 from .devices import check_device
 
                 args.device = check_device(args.device)
+            if args.command != "info":  # info says the same after its own look at the folder
+                from .model_files import refuse_pickled_components
+
+                for flag in ("backbone", "pipeline"):
+                    refuse_pickled_components(getattr(args, flag, None))
             args.func(args)
     except InputError as e:
         print(f"diff2in1: error: {one_line(e)}", file=sys.stderr)

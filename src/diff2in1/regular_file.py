@@ -34,3 +34,9 @@ def check_regular_file(path: str | os.PathLike, name: str | None = None) -> os.s
         kind = next((what for test, what in _KINDS if test(st.st_mode)), "not a regular file")
         raise InputError(f"{name}: is {kind}, not a regular file; refused (it was not opened)")
     return st
+
+
+def present(path: str | os.PathLike) -> bool:
+    """Whether anything is at `path` (a special file or a broken link too): the test for "this
+    sample has that file", so that a FIFO is named by its reader instead of passing for missing."""
+    return os.path.lexists(path)

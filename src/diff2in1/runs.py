@@ -123,7 +123,10 @@ class RunDir:
             raise InputError(f"{self.root}: exists and is not a folder; choose another --out")
         if not self.root.is_dir() or self._looks_like_run():
             return
-        others = sorted(p.name for p in self.root.iterdir() if p.name != LOCK_NAME and not is_our_temp(p))
+        others = sorted(
+            (p.name for p in self.root.iterdir() if p.name != LOCK_NAME and not is_our_temp(p)),
+            key=lambda n: (n.startswith("."), n),  # visible names first: what the user will recognise
+        )
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise InputError(

@@ -35,7 +35,7 @@ from diff2in1.data.imageio import (
     to_hwc,
 )
 from diff2in1.errors import InputError
-from diff2in1.regular_file import check_regular_file
+from diff2in1.regular_file import check_regular_file, present
 
 IMG_DIR = "img"
 NORM_DIR = "norm"
@@ -238,7 +238,7 @@ def read_caption(path: Path) -> str | None:
 
 def read_normal(paths: SamplePaths, float_normals: FloatNormals = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(normal float32 HxWx3, mask bool HxW) from norm_npy (if allowed and present) or the PNG."""
-    use_npy = paths.normal_npy.is_file() if float_normals == "auto" else bool(float_normals)
+    use_npy = present(paths.normal_npy) if float_normals == "auto" else bool(float_normals)
     if use_npy:
         n = check_normal_array(load_npy(paths.normal_npy), paths.normal_npy)
         mask = valid_mask_of(n)
@@ -253,14 +253,14 @@ def read_sample(
     paths = sample_paths(root, split, sample_id)
     image = load_rgb(paths.image)
     normal = mask = kappa = None
-    if paths.normal_npy.is_file() or paths.normal_png.is_file():
+    if present(paths.normal_npy) or present(paths.normal_png):
         normal, mask = read_normal(paths, float_normals)
         if normal.shape[:2] != image.shape[:2]:
             raise InputError(
                 f"{paths.normal_png}: size {normal.shape[1]}x{normal.shape[0]} does not match image "
                 f"{paths.image} ({image.shape[1]}x{image.shape[0]})"
             )
-    if paths.kappa.is_file():
+    if present(paths.kappa):
         kappa = load_npy(paths.kappa).astype(np.float32)
     caption = read_caption(paths.caption)
     return Sample(sample_id, image, caption or "", normal, mask, kappa)

@@ -59,6 +59,15 @@ def collect_images(inputs: Iterable[str | Path], out: str | Path | None = None) 
     return found
 
 
+def check_images(files: list[Path]) -> None:
+    """Read each file's header (no pixels): a special file, an image over the pixel limit
+    (limits.py) or an unreadable one is refused before any model loads."""
+    from ..data.imageio import png_header
+
+    for f in files:
+        png_header(f)
+
+
 def output_stems(files: list[Path]) -> list[str]:
     """A unique output stem per file: `name`, then `name_1`, `name_2` for repeated names."""
     seen: dict[str, int] = {}

@@ -22,6 +22,7 @@ from ..data import NormalsDataset
 from ..errors import InputError
 from ..heads import NormalHead
 from ..losses import head_loss
+from ..model_files import refuse_pickled_components
 from ..outputs import refuse_overlap
 from ..runs import RunDir
 from .create import create_data
@@ -106,6 +107,7 @@ def train_self_improve(
     check_batches(len(original) + n_synthetic, cfg)
     models = {"init": cfg.init, "backbone": cfg.backbone}  # model folders are inputs too
     refuse_overlap(cfg.out, data=cfg.data, synthetic=list(cfg.synthetic), **models)
+    refuse_pickled_components(cfg.backbone)  # before any model loads
     run = RunDir(cfg.out)
     with run.lock():  # one command per run folder, released on any exit
         run.check(cfg, resume)  # a wrong --out or --resume fails before the models load

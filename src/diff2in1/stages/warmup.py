@@ -13,6 +13,7 @@ from ..data import NormalsDataset
 from ..fingerprint import backbone_fingerprint, check_head
 from ..heads import HeadConfig, NormalHead
 from ..losses import head_loss
+from ..model_files import refuse_pickled_components
 from ..outputs import refuse_overlap
 from ..runs import RunDir
 from ..taps import TapFeatures
@@ -113,6 +114,7 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     check_batches(len(dataset), cfg)
     head_path = cfg.head if cfg.head not in ("reference", "small") else None
     refuse_overlap(cfg.out, data=cfg.data, head=head_path, backbone=cfg.backbone)
+    refuse_pickled_components(cfg.backbone)  # before any model loads
     run = RunDir(cfg.out)
     with run.lock():  # one command per run folder, released on any exit
         run.check(cfg, resume)  # a wrong --out or --resume fails before the models load

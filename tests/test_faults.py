@@ -680,7 +680,7 @@ def test_self_improve_interrupted_then_resumed_is_bit_exact(scenes_root, small_h
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-# ================================================================ second pass: families by rule
+# ============================================================================ families by rule
 # Each family is a table; every case runs the real command line under a time limit (a hang fails
 # the test) and every input folder, data and model folders alike, is compared byte for byte before
 # and after.
@@ -983,7 +983,14 @@ MODEL_OVERLAP_CASES = [
     ),
     Family(
         "predict --out equal to --pipeline",
-        lambda i: ["predict", i.data / "test" / "img", "--pipeline", _pipeline(i), "--out", i.tmp / "models" / "pipeline"],
+        lambda i: [
+            "predict",
+            i.data / "test" / "img",
+            "--pipeline",
+            _pipeline(i),
+            "--out",
+            i.tmp / "models" / "pipeline",
+        ],
         ("is the input --pipeline",),
     ),
     Family(
@@ -1012,22 +1019,50 @@ def _cfg(i: Inputs, text: str | bytes, name: str = "cfg.yaml") -> Path:
 
 
 DEVICE_CASES = [
-    Family("train-warmup --device cuda:99", lambda i: warm_args(i.data, i.tmp / "r", "--device", "cuda:99"), ("cuda:99", "available")),
-    Family("train-warmup --device tpu", lambda i: warm_args(i.data, i.tmp / "r", "--device", "tpu"), ("tpu", "not a device")),
+    Family(
+        "train-warmup --device cuda:99",
+        lambda i: warm_args(i.data, i.tmp / "r", "--device", "cuda:99"),
+        ("cuda:99", "available"),
+    ),
+    Family(
+        "train-warmup --device tpu",
+        lambda i: warm_args(i.data, i.tmp / "r", "--device", "tpu"),
+        ("tpu", "not a device"),
+    ),
     Family(
         "train-warmup device: cuda:99 in YAML",
         lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "device: cuda:99\n")],
         ("device", "cuda:99", "available"),
     ),
-    Family("predict --device cuda:99", lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--device", "cuda:99"), ("cuda:99",)),
-    Family("evaluate --device gpu0", lambda i: [*eval_args(i.data, i.head, i.tmp / "e"), "--device", "gpu0"], ("gpu0", "not a device")),
-    Family("create-data --device cuda:99", lambda i: create_args(i.data, i.head, i.tmp / "s", "--device", "cuda:99"), ("cuda:99",)),
-    Family("caption --device cuda:x", lambda i: ["caption", "--data", i.data, "--device", "cuda:x"], ("cuda:x", "not a device")),
+    Family(
+        "predict --device cuda:99",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--device", "cuda:99"),
+        ("cuda:99",),
+    ),
+    Family(
+        "evaluate --device gpu0",
+        lambda i: [*eval_args(i.data, i.head, i.tmp / "e"), "--device", "gpu0"],
+        ("gpu0", "not a device"),
+    ),
+    Family(
+        "create-data --device cuda:99",
+        lambda i: create_args(i.data, i.head, i.tmp / "s", "--device", "cuda:99"),
+        ("cuda:99",),
+    ),
+    Family(
+        "caption --device cuda:x",
+        lambda i: ["caption", "--data", i.data, "--device", "cuda:x"],
+        ("cuda:x", "not a device"),
+    ),
     Family("app --device mps:0", lambda i: ["app", "--device", "mps:0"], ("mps:0", "not a device")),
 ]
 if not torch.cuda.is_available():  # where the machine has none, plain cuda is the case users meet
     DEVICE_CASES.append(
-        Family("train-warmup --device cuda (no CUDA here)", lambda i: warm_args(i.data, i.tmp / "r", "--device", "cuda"), ("CUDA is not available", "cpu"))
+        Family(
+            "train-warmup --device cuda (no CUDA here)",
+            lambda i: warm_args(i.data, i.tmp / "r", "--device", "cuda"),
+            ("CUDA is not available", "cpu"),
+        )
     )
 
 
@@ -1058,7 +1093,12 @@ def _huge_png(path: Path, w: int, h: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _huge_training_image(i: Inputs) -> Path:
@@ -1067,9 +1107,21 @@ def _huge_training_image(i: Inputs) -> Path:
 
 
 BOUND_CASES = [
-    Family("--seed 2^64 (train-warmup)", lambda i: warm_args(i.data, i.tmp / "r", "--seed", str(2**64)), ("--seed", "2^63")),
-    Family("--seed -1 (predict)", lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--seed", "-1"), ("--seed",)),
-    Family("--seed 2^63 (make-scenes)", lambda i: ["make-scenes", "--out", i.tmp / "s", "--seed", str(2**63)], ("--seed", "2^63")),
+    Family(
+        "--seed 2^64 (train-warmup)",
+        lambda i: warm_args(i.data, i.tmp / "r", "--seed", str(2**64)),
+        ("--seed", "2^63"),
+    ),
+    Family(
+        "--seed -1 (predict)",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--seed", "-1"),
+        ("--seed",),
+    ),
+    Family(
+        "--seed 2^63 (make-scenes)",
+        lambda i: ["make-scenes", "--out", i.tmp / "s", "--seed", str(2**63)],
+        ("--seed", "2^63"),
+    ),
     Family(
         "seed: 2^64 in a create-data YAML",
         lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, f"seed: {2**64}\n")],
@@ -1080,25 +1132,50 @@ BOUND_CASES = [
         lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, f"seed: {2**64}\n")],
         ("seed", "2^63"),
     ),
-    Family("predict --resolution 65536", lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--resolution", "65536"), ("--resolution", "at most 2048")),
-    Family("train-warmup --resolution 100000", lambda i: warm_args(i.data, i.tmp / "r", "--resolution", "100000"), ("--resolution", "at most 2048")),
+    Family(
+        "predict --resolution 65536",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--resolution", "65536"),
+        ("--resolution", "at most 2048"),
+    ),
+    Family(
+        "train-warmup --resolution 100000",
+        lambda i: warm_args(i.data, i.tmp / "r", "--resolution", "100000"),
+        ("--resolution", "at most 2048"),
+    ),
     Family(
         "resolution: 8192 in a create-data YAML",
-        lambda i: [*_without(create_args(i.data, i.head, i.tmp / "s"), "--resolution"), "--config", _cfg(i, "resolution: 8192\n")],
+        lambda i: [
+            *_without(create_args(i.data, i.head, i.tmp / "s"), "--resolution"),
+            "--config",
+            _cfg(i, "resolution: 8192\n"),
+        ],
         ("resolution", "at most 2048"),
     ),
-    Family("make-scenes --size 100000", lambda i: ["make-scenes", "--out", i.tmp / "s", "--size", "100000"], ("--size", "at most 2048")),
-    Family("a 12000x12000 training image", lambda i: warm_args(_huge_training_image(i), i.tmp / "r"), ("scene_000003.png", "too large", "64,000,000")),
+    Family(
+        "make-scenes --size 100000",
+        lambda i: ["make-scenes", "--out", i.tmp / "s", "--size", "100000"],
+        ("--size", "at most 2048"),
+    ),
+    Family(
+        "a 12000x12000 training image",
+        lambda i: warm_args(_huge_training_image(i), i.tmp / "r"),
+        ("scene_000003.png", "too large", "64,000,000"),
+    ),
     Family(
         "a 12000x12000 training image, skipped and listed",
-        lambda i: [*warm_args(_huge_training_image(i), i.tmp / "r", "--max-steps", "1"), "--skip-bad-samples"],
+        lambda i: [
+            *warm_args(_huge_training_image(i), i.tmp / "r", "--max-steps", "1"),
+            "--skip-bad-samples",
+        ],
         (),
         ok=True,
         stderr=("scene_000003", "too large"),
     ),
     Family(
         "a 12000x12000 image to predict",
-        lambda i: _huge_png(i.tmp / "big.png", 12000, 12000) or predict_args(i.tmp / "big.png", i.head, i.tmp / "p"),
+        lambda i: (
+            _huge_png(i.tmp / "big.png", 12000, 12000) or predict_args(i.tmp / "big.png", i.head, i.tmp / "p")
+        ),
         ("big.png", "too large"),
     ),
 ]
@@ -1111,24 +1188,90 @@ def test_bounds_before_any_model(case: Family, inputs, capsys):
 
 # ------------------------------------------------------------------------------------ config files
 CONFIG_CASES = [
-    Family("Latin-1 config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "split: caf\xe9\n".encode("latin-1"))], ("not UTF-8",)),
-    Family("UTF-16 config", lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "seed: 1\n".encode("utf-16"))], ("not UTF-8",)),
+    Family(
+        "Latin-1 config",
+        lambda i: [
+            *warm_args(i.data, i.tmp / "r"),
+            "--config",
+            _cfg(i, "split: caf\xe9\n".encode("latin-1")),
+        ],
+        ("not UTF-8",),
+    ),
+    Family(
+        "UTF-16 config",
+        lambda i: [
+            *create_args(i.data, i.head, i.tmp / "s"),
+            "--config",
+            _cfg(i, "seed: 1\n".encode("utf-16")),
+        ],
+        ("not UTF-8",),
+    ),
     Family(
         "YAML alias bomb",
-        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, 'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n')],
+        lambda i: [
+            *si_args(i, i.tmp / "r"),
+            "--config",
+            _cfg(i, 'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n'),
+        ],
         ("aliases",),
     ),
-    Family("a 2 MB config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "x:\n" + "- 1\n" * 600_000)], ("too large for a settings file",)),
-    Family("deeply nested config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "a: " + "[" * 100_000)], ("nested too deeply",)),
-    Family("create-data unknown key", lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "t_star: 500\n")], ("unknown setting", "t_star")),
-    Family("create-data wrong type", lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "guidance: strong\n")], ("guidance", "number")),
-    Family("create-data shard: 3", lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "shard: 3\n")], ("shard",)),
-    Family("self-improve unknown key", lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "ema_decy: 0.9\n")], ("unknown setting", "ema_decy")),
-    Family("self-improve wrong type", lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "ema_every: often\n")], ("ema_every", "integer")),
-    Family("self-improve create: unknown key", lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "create:\n  stepz: 5\n")], ("create", "stepz")),
-    Family("self-improve create: wrong type", lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "create:\n  steps: many\n")], ("create", "steps", "integer")),
-    Family("self-improve synthetic: a string", lambda i: [*_without(si_args(i, i.tmp / "r"), "--synthetic"), "--config", _cfg(i, "synthetic: abc\n")], ("synthetic", "list")),
-    Family("a folder as config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", i.data], ("folder",)),
+    Family(
+        "a 2 MB config",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "x:\n" + "- 1\n" * 600_000)],
+        ("too large for a settings file",),
+    ),
+    Family(
+        "deeply nested config",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "a: " + "[" * 100_000)],
+        ("nested too deeply",),
+    ),
+    Family(
+        "create-data unknown key",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "t_star: 500\n")],
+        ("unknown setting", "t_star"),
+    ),
+    Family(
+        "create-data wrong type",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "guidance: strong\n")],
+        ("guidance", "number"),
+    ),
+    Family(
+        "create-data shard: 3",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "shard: 3\n")],
+        ("shard",),
+    ),
+    Family(
+        "self-improve unknown key",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "ema_decy: 0.9\n")],
+        ("unknown setting", "ema_decy"),
+    ),
+    Family(
+        "self-improve wrong type",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "ema_every: often\n")],
+        ("ema_every", "integer"),
+    ),
+    Family(
+        "self-improve create: unknown key",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "create:\n  stepz: 5\n")],
+        ("create", "stepz"),
+    ),
+    Family(
+        "self-improve create: wrong type",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "create:\n  steps: many\n")],
+        ("create", "steps", "integer"),
+    ),
+    Family(
+        "self-improve synthetic: a string",
+        lambda i: [
+            *_without(si_args(i, i.tmp / "r"), "--synthetic"),
+            "--config",
+            _cfg(i, "synthetic: abc\n"),
+        ],
+        ("synthetic", "list"),
+    ),
+    Family(
+        "a folder as config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", i.data], ("folder",)
+    ),
 ]
 
 
@@ -1153,28 +1296,37 @@ SPECIAL_FILE_CASES = [
     ),
     Family(
         "a FIFO named like an image, skipped and listed",
-        lambda i: _fifo(i.data / "train" / "img" / "zz.png")
-        and [*warm_args(i.data, i.tmp / "r", "--max-steps", "1"), "--skip-bad-samples"],
+        lambda i: (
+            _fifo(i.data / "train" / "img" / "zz.png")
+            and [*warm_args(i.data, i.tmp / "r", "--max-steps", "1"), "--skip-bad-samples"]
+        ),
         (),
         ok=True,
         stderr=("zz", "FIFO"),
     ),
     Family(
         "a FIFO as a normal map",
-        lambda i: _fifo(i.data / "train" / "norm" / "scene_000002.png")
-        and _fifo(i.data / "train" / "norm_npy" / "scene_000002.npy")
-        and warm_args(i.data, i.tmp / "r"),
+        lambda i: (
+            _fifo(i.data / "train" / "norm" / "scene_000002.png")
+            and _fifo(i.data / "train" / "norm_npy" / "scene_000002.npy")
+            and warm_args(i.data, i.tmp / "r")
+        ),
         ("scene_000002", "FIFO"),
     ),
     Family(
         "a FIFO as a caption (create-data)",
-        lambda i: _fifo(i.data / "train" / "caption" / "scene_000001.txt") and create_args(i.data, i.head, i.tmp / "s"),
+        lambda i: (
+            _fifo(i.data / "train" / "caption" / "scene_000001.txt")
+            and create_args(i.data, i.head, i.tmp / "s")
+        ),
         ("scene_000001.txt", "FIFO"),
     ),
     Family(
         "a FIFO among the images to predict",
-        lambda i: _fifo(i.data / "test" / "img" / "zz.png")
-        and predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--no-progress"),
+        lambda i: (
+            _fifo(i.data / "test" / "img" / "zz.png")
+            and predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--no-progress")
+        ),
         ("zz.png", "FIFO"),
     ),
     Family(
@@ -1182,7 +1334,11 @@ SPECIAL_FILE_CASES = [
         lambda i: predict_args(_fifo(i.tmp / "in.png"), i.head, i.tmp / "p"),
         ("in.png", "FIFO"),
     ),
-    Family("a FIFO as --config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _fifo(i.tmp / "c.yaml")], ("c.yaml", "FIFO")),
+    Family(
+        "a FIFO as --config",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _fifo(i.tmp / "c.yaml")],
+        ("c.yaml", "FIFO"),
+    ),
 ]
 
 
@@ -1219,7 +1375,9 @@ def tree_state_no_fifo(folder: Path) -> dict[str, bytes]:
 def _without_warnings(err: str) -> str:
     """stderr without Python warning lines (a subprocess prints the data set's skip warning)."""
     lines = err.splitlines()
-    return "\n".join(ln for k, ln in enumerate(lines) if "Warning" not in ln and not (k and "Warning" in lines[k - 1]))
+    return "\n".join(
+        ln for k, ln in enumerate(lines) if "Warning" not in ln and not (k and "Warning" in lines[k - 1])
+    )
 
 
 def test_worker_counts_are_capped_with_a_note(scenes_root, tmp_path, capsys):
@@ -1290,7 +1448,9 @@ MODEL_FILE_CASES = [
     ),
     Family(
         "head config without its backbone fingerprint",
-        lambda i: predict_args(i.data / "test" / "img", _head_without_fingerprint(i), i.tmp / "p", "--no-progress"),
+        lambda i: predict_args(
+            i.data / "test" / "img", _head_without_fingerprint(i), i.tmp / "p", "--no-progress"
+        ),
         (),
         ok=True,
         stderr=("no backbone fingerprint",),
@@ -1298,18 +1458,29 @@ MODEL_FILE_CASES = [
     Family(
         "pickled unet in a diffusers folder (predict)",
         lambda i: predict_args(
-            i.data / "test" / "img", i.head, i.tmp / "p", backbone=str(_pickled_component(i, "unet", "diffusion_pytorch_model.bin"))
+            i.data / "test" / "img",
+            i.head,
+            i.tmp / "p",
+            backbone=str(_pickled_component(i, "unet", "diffusion_pytorch_model.bin")),
         ),
         ("unet", "refused", "pickle"),
     ),
     Family(
         "pickled vae in a diffusers folder (train-warmup)",
-        lambda i: _set(warm_args(i.data, i.tmp / "r"), "--backbone", _pickled_component(i, "vae", "diffusion_pytorch_model.bin")),
+        lambda i: _set(
+            warm_args(i.data, i.tmp / "r"),
+            "--backbone",
+            _pickled_component(i, "vae", "diffusion_pytorch_model.bin"),
+        ),
         ("vae", "refused", "pickle"),
     ),
     Family(
         "pickled text encoder in a diffusers folder (create-data)",
-        lambda i: _set(create_args(i.data, i.head, i.tmp / "s"), "--backbone", _pickled_component(i, "text_encoder", "pytorch_model.bin")),
+        lambda i: _set(
+            create_args(i.data, i.head, i.tmp / "s"),
+            "--backbone",
+            _pickled_component(i, "text_encoder", "pytorch_model.bin"),
+        ),
         ("text_encoder", "refused", "pickle"),
     ),
 ]

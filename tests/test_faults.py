@@ -1490,3 +1490,36 @@ MODEL_FILE_CASES = [
 def test_model_files_are_checked(case: Family, inputs, capsys):
     _run_family(case, inputs, capsys)
     assert not (inputs.tmp / "PWNED").exists()  # no pickle code ran
+
+
+OUTPUT_FOLDER_CASES = [
+    Family(
+        "predict into a user's folder",
+        lambda i: predict_args(i.data / "test" / "img", i.head, _user_folder(i), "--no-progress"),
+        ("predict did not write", "notes.txt"),
+    ),
+    Family(
+        "evaluate into a user's folder",
+        lambda i: eval_args(i.data, i.head, _user_folder(i)),
+        ("evaluate did not write", "notes.txt"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", OUTPUT_FOLDER_CASES, ids=[c.name for c in OUTPUT_FOLDER_CASES])
+def test_a_users_folder_as_output_keeps_every_file(case: Family, inputs, capsys):
+    argv = case.make(inputs)
+    out = Path(argv[argv.index("--out") + 1])
+    mine = tree_state(out)
+    _run_family(case, inputs, capsys, argv)
+    assert tree_state(out) == mine
+
+
+def test_predict_and_evaluate_run_again_into_their_own_folders(scenes_root, small_head_dir, tmp_path, capsys):
+    for argv in (
+        predict_args(scenes_root / "test" / "img", small_head_dir, tmp_path / "p", "--no-progress"),
+        eval_args(scenes_root, small_head_dir, tmp_path / "e"),
+    ):
+        for _ in range(2):  # the second run finds the first's files: its own, so it goes on
+            code, _, err = run_cli_limited(argv, capsys)
+            assert code == 0, err

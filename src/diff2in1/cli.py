@@ -246,8 +246,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
+        from .out_folder import check_output_folder, mark_output_folder
         from .outputs import refuse_overlap
-        from .stages.evaluate import evaluate, format_table
+        from .stages.evaluate import EVAL_FILES, evaluate, format_table
 
         # Bad data fails before any model loads.
         NormalsDataset(
@@ -255,8 +256,11 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         )
         out = a.out or str(Path(a.head).with_name(f"{Path(a.head).resolve().name}_eval_{a.split}"))
         refuse_overlap(out, data=a.data, head=a.head, backbone=a.backbone)
+        check_output_folder(out, "evaluate", EVAL_FILES.__contains__)  # no file of the user's overwritten
+        predictor = _predictor(a)
+        mark_output_folder(out, "evaluate")
         result = evaluate(
-            _predictor(a),
+            predictor,
             a.data,
             a.split,
             out=out,
@@ -308,8 +312,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
-        from .inference.files import check_images, collect_images, predict_files
+        from .inference.files import check_images, collect_images, is_prediction_file, predict_files
         from .inference.pipeline import load_pipeline
+        from .out_folder import check_output_folder, mark_output_folder
         from .outputs import refuse_overlap
 
         if a.ensemble_size < 1 or a.batch_size < 1:
@@ -320,9 +325,11 @@ def _predict(p: argparse.ArgumentParser) -> None:
         if not a.skip_bad_files:
             check_images(files)
         refuse_overlap(a.out, pipeline=a.pipeline, backbone=a.backbone, head=a.head)
+        check_output_folder(a.out, "predict", is_prediction_file)  # no file of the user's overwritten
         pipe = load_pipeline(
             a.pipeline, a.backbone, a.head, init_from_launcher(a.device), weights_dtype(a.mixed_precision)
         )
+        mark_output_folder(a.out, "predict")
         res = predict_files(
             pipe,
             a.inputs,

@@ -24,6 +24,11 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = ("_normal.png", "_normal16.png", "_uncertainty.png")
 
 
+def is_prediction_file(name: str) -> bool:
+    """Whether `name` is one of the files `predict` writes per input (see the module docstring)."""
+    return name.endswith((*OUTPUT_SUFFIXES, "_normal.npy", "_kappa.npy"))
+
+
 @dataclass
 class PredictResult:
     """What `predict_files` wrote and what it left out (path, one-line reason)."""

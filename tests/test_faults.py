@@ -1523,3 +1523,33 @@ def test_predict_and_evaluate_run_again_into_their_own_folders(scenes_root, smal
         for _ in range(2):  # the second run finds the first's files: its own, so it goes on
             code, _, err = run_cli_limited(argv, capsys)
             assert code == 0, err
+
+
+# ------------------------------------------------------------------------------- the web page
+def test_web_page_sigterm_removes_its_work_folder(tmp_path):
+    pytest.importorskip("gradio")
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    argv = ["--threads", "1", "app", "--demo-steps", "0", "--device", "cpu", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diff2in1.cli", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        _wait_for(lambda: any("page on" in ln for ln in lines), proc, timeout=LIMIT_S)
+        work = [p for p in tmp_path.iterdir() if p.name.startswith("diff2in1-app-")]
+        assert len(work) == 1 and work[0].is_dir()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not work[0].exists()  # removed on SIGTERM, as on Ctrl-C

@@ -26,6 +26,7 @@ from ..data.imageio import read_image_float
 from ..errors import InputError
 from ..inference.image_processor import RESIZE_MODES, resize_image
 from ..inference.pipeline import Diff2in1Pipeline, load_pipeline
+from .heap import trims_heap
 
 DEMO_BACKBONE = "tiny-scenes"
 DEMO_RESOLUTION = 128
@@ -262,6 +263,7 @@ class AppBackend:
         return d
 
     # ------------------------------------------------------------------ perception
+    @trims_heap  # the server's size stays flat over requests (heap.py)
     def normals(
         self,
         paths: list[str | os.PathLike],
@@ -338,6 +340,7 @@ class AppBackend:
         return result
 
     # ------------------------------------------------------------------ generation
+    @trims_heap  # the server's size stays flat over requests (heap.py)
     def create(
         self,
         path: str | os.PathLike | None,

@@ -67,6 +67,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         made = False
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:  # a full disk or a read-only folder: one line, the old folder kept
+        if made and old.is_dir() and not path.exists():  # set aside, but the new one not in place
+            (old / TMP_MARKER).unlink(missing_ok=True)
+            old.rename(path)
         raise disk_error(path, e) from None
     finally:
         if made:

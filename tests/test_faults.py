@@ -891,16 +891,17 @@ def test_weight_files_get_the_umask_permissions(scenes_root, tmp_path, capsys):
 # ------------------------------------------------------------------------------ one run per folder
 def test_two_runs_into_one_folder_end_with_one_refused(scenes_root, tmp_path, capsys):
     run = tmp_path / "r"
-    first = _spawn(warm_args(scenes_root, run, "--epochs", "4", "--checkpoint-every", "0"))
+    first = _spawn(warm_args(scenes_root, run, "--epochs", "12", "--checkpoint-every", "0"))
     _wait_for(lambda: _log_rows(run) >= 1, first)
     for extra in ([], ["--resume"]):  # a second run, and a resume of the live one
-        code, _, err = run_cli_limited(warm_args(scenes_root, run, "--epochs", "4", *extra), capsys)
+        code, _, err = run_cli_limited(warm_args(scenes_root, run, "--epochs", "12", *extra), capsys)
         assert_one_line_error(code, err, "in use by another diff2in1 command", f"process {first.pid}")
+    assert first.poll() is None  # refused while the first still ran
     assert first.wait(timeout=LIMIT_S) == 0, first.stderr.read()
     steps = [ln.split(",")[0] for ln in (run / "log.csv").read_text().splitlines()[1:]]
-    assert steps == [str(i) for i in range(1, 17)]  # 4 epochs x 4 steps, each once
+    assert steps == [str(i) for i in range(1, 49)]  # 12 epochs x 4 steps, each once
     # Released on exit: the next command in the folder runs.
-    code, _, err = run_cli_limited([*warm_args(scenes_root, run, "--epochs", "5"), "--resume"], capsys)
+    code, _, err = run_cli_limited([*warm_args(scenes_root, run, "--epochs", "13"), "--resume"], capsys)
     assert code == 0, err
 
 

@@ -503,7 +503,7 @@ def test_read_only_writer_is_one_line(tmp_path, monkeypatch):
         atomic.save_text(tmp_path / "x.txt", "hi")
 
 
-def test_files_get_the_umask_permissions_and_stale_temps_go(tmp_path):
+def test_files_get_the_umask_permissions_and_only_our_stale_temps_go(tmp_path):
     from diff2in1.atomic import clean_stale_tmp, save_text
 
     old = os.umask(0o022)
@@ -512,12 +512,23 @@ def test_files_get_the_umask_permissions_and_stale_temps_go(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
-    stale = tmp_path / ".b.txt.abc.tmp"
+    hour_ago = (time.time() - 3600, time.time() - 3600)
+    stale = tmp_path / ".b.txt.diff2in1-abc12345.tmp"  # what a killed writer of ours leaves
     stale.write_text("half")
-    os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    fresh = tmp_path / ".c.txt.abc.tmp"
+    fresh = tmp_path / ".c.txt.diff2in1-abc12345.tmp"  # a live writer's
     fresh.write_text("being written")
+    users = [tmp_path / ".letter.tmp", tmp_path / ".b.txt.abc12345.tmp", tmp_path / ".x.diff2in1-tmp"]
+    users[0].write_text("mine")
+    users[1].write_text("mine too")
+    users[2].mkdir()  # named like our temp folder, but without our marker inside
+    (users[2] / "keep.txt").write_text("mine")
+    backup = tmp_path / ".backup.old"
+    backup.mkdir()
+    (backup / "f.txt").write_text("mine")
+    for p in [stale, *users, backup]:
+        os.utime(p, hour_ago)
     assert clean_stale_tmp(tmp_path) == 1 and not stale.exists() and fresh.exists()
+    assert all(p.exists() for p in users) and (backup / "f.txt").exists()
 
 
 # ------------------------------------------------------------------------------------ resume rules
@@ -534,9 +545,12 @@ def test_resume_compares_resolved_paths_and_survives_a_move(scenes_root, tmp_pat
 
 
 def test_a_run_that_saved_nothing_does_not_block_a_new_one(scenes_root, tmp_path, capsys):
+    from diff2in1.config import WarmupConfig, default_yaml
+
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.yaml").write_text("data: x\n")  # what a run that failed before its first step leaves
+    # What a run that failed before its first step leaves: its config.yaml and maybe a log row.
+    (run / "config.yaml").write_text(default_yaml(WarmupConfig))
     (run / "log.csv").write_text("step,epoch,batch,loss,seconds\n1,1,1,3.0,0.1\n")
     code, _, err = run_cli(warm_args(scenes_root, run), capsys)
     assert code == 0, err
@@ -572,7 +586,7 @@ def _log_rows(run: Path) -> int:
     return max(0, len(p.read_text().splitlines()) - 1) if p.exists() else 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_warmup_killed_then_resumed_is_bit_exact(scenes_root, tmp_path, sig, capsys):
     args = warm_args(scenes_root, tmp_path / "cut", "--epochs", "3", "--checkpoint-every", "0")
     ref = warm_args(scenes_root, tmp_path / "full", "--epochs", "3", "--checkpoint-every", "0")
@@ -583,8 +597,11 @@ def test_warmup_killed_then_resumed_is_bit_exact(scenes_root, tmp_path, sig, cap
     proc.send_signal(sig)
     proc.wait(timeout=60)
     err = proc.stderr.read()
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err, err
+    if sig in (signal.SIGINT, signal.SIGTERM):  # saved at the step boundary, said how to go on
+        assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
+        assert "--resume" in err and "Traceback" not in err, err
+        state = json.loads((tmp_path / "cut" / "state" / "state.json").read_text())
+        assert state["step"] >= stop_at  # nothing lost before the signal's step
     code = main([str(a) for a in args] + ["--resume"])
     capsys.readouterr()
     assert code == 0
@@ -661,3 +678,879 @@ def test_self_improve_interrupted_then_resumed_is_bit_exact(scenes_root, small_h
         a = load_file(tmp_path / "full" / name / "diffusion_pytorch_model.safetensors")
         b = load_file(tmp_path / "cut" / name / "diffusion_pytorch_model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# ============================================================================ families by rule
+# Each family is a table; every case runs the real command line under a time limit (a hang fails
+# the test) and every input folder, data and model folders alike, is compared byte for byte before
+# and after.
+LIMIT_S = 120  # per command
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def run_cli_limited(argv: list, capsys, seconds: int = LIMIT_S) -> tuple[int, str, str]:
+    """`run_cli` in this process under an alarm: a blocked open() or read() is interrupted and the
+    test fails instead of hanging (PEP 475 lets the handler's exception through)."""
+
+    def expire(signum, frame):
+        raise _TimedOut(f"{argv[0]} did not finish within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        try:
+            return run_cli(argv, capsys)
+        except SystemExit as e:  # argparse's usage errors: exit 2, the message is the last line
+            err = capsys.readouterr().err
+            return int(e.code or 0), "", err.strip().splitlines()[-1] + "\n"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_sub(argv: list, seconds: int = LIMIT_S, **kw) -> subprocess.CompletedProcess:
+    """The command as its own process, killed and failed after `seconds`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "diff2in1.cli", "--threads", "1", *map(str, argv)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+            **kw,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{argv[0]} hung: killed after {seconds} s")
+
+
+@dataclass
+class Inputs:
+    """A case's inputs, each its own copy: data, a head, a backbone folder, a pipeline folder."""
+
+    tmp: Path
+    data: Path
+    head: Path
+    backbone: Path
+
+    def folders(self) -> list[Path]:
+        return [p for p in (self.data, self.head, self.backbone) if p.exists()]
+
+
+@dataclass
+class Family:
+    name: str
+    make: Callable[[Inputs], list]  # -> argv
+    words: tuple[str, ...]  # in the one error line; () with ok=True
+    ok: bool = False  # the command succeeds (a listed skip, a note), exit 0
+    stderr: tuple[str, ...] = ()  # words that must also be on stderr (notes, skips)
+
+
+@pytest.fixture
+def inputs(scenes_root, small_head_dir, tiny_folder, tmp_path) -> Inputs:
+    return Inputs(
+        tmp_path,
+        copy_scenes(scenes_root, tmp_path / "data"),
+        Path(shutil.copytree(small_head_dir, tmp_path / "models" / "head")),
+        Path(shutil.copytree(tiny_folder, tmp_path / "models" / "backbone")),
+    )
+
+
+def assert_error_line(code: int, err: str, *words: str) -> None:
+    """`assert_one_line_error`, where argparse's own line (`diff2in1 <command>: error: ...`) counts."""
+    if err.startswith("diff2in1 ") and ": error: " in err.splitlines()[-1]:
+        err = "diff2in1: error: " + err.splitlines()[-1].split(": error: ", 1)[1]
+    assert_one_line_error(code, err, *words)
+
+
+def _run_family(case: Family, inputs: Inputs, capsys, argv: list | None = None) -> None:
+    argv = case.make(inputs) if argv is None else argv
+    before = {str(f): tree_state(f) for f in inputs.folders()}
+    code, out, err = run_cli_limited(argv, capsys)
+    if case.ok:
+        assert code == 0, err
+        assert "Traceback" not in err, err
+    else:
+        assert_error_line(code, err, *case.words)
+    for w in case.stderr:
+        assert w in err + out, (w, err)
+    for f in inputs.folders():  # every input, data and model folders alike, unchanged
+        assert tree_state(f) == before[str(f)], f"{f} changed"
+
+
+def si_args(i: Inputs, out: Path, *extra) -> list:
+    return [
+        "train-self-improve",
+        "--data",
+        i.data,
+        "--synthetic",
+        i.data,
+        "--backbone",
+        "tiny",
+        "--init",
+        i.head,
+        "--out",
+        out,
+        "--resolution",
+        "64",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def _user_folder(i: Inputs) -> Path:
+    """A user's folder: ordinary files and names that look like temp files of a program."""
+    d = i.tmp / "mine"
+    (d / ".backup.old").mkdir(parents=True)
+    (d / ".backup.old" / "thesis.tex").write_text("years of work")
+    (d / ".letter.tmp").write_text("dear ...")
+    (d / ".x.diff2in1-tmp").mkdir()  # even our temp name, but not our folder (no marker)
+    (d / ".x.diff2in1-tmp" / "keep").write_text("mine")
+    (d / "notes.txt").write_text("notes")
+    for p in d.rglob("*"):
+        os.utime(p, (time.time() - 3600, time.time() - 3600))  # "stale" by any age rule
+    return d
+
+
+def _hidden_only_folder(i: Inputs) -> Path:
+    d = i.tmp / "hidden"
+    d.mkdir()
+    (d / ".letter.tmp").write_text("dear ...")
+    os.utime(d / ".letter.tmp", (time.time() - 3600, time.time() - 3600))
+    return d
+
+
+OUT_FOLDER_CASES = [
+    Family(
+        "train-warmup into a user's folder",
+        lambda i: warm_args(i.data, _user_folder(i)),
+        ("not a diff2in1 run", "notes.txt"),
+    ),
+    Family(
+        "train-warmup into a folder of hidden user files",
+        lambda i: warm_args(i.data, _hidden_only_folder(i)),
+        ("not a diff2in1 run", ".letter.tmp"),
+    ),
+    Family(
+        "train-self-improve into a user's folder",
+        lambda i: si_args(i, _user_folder(i)),
+        ("not a diff2in1 run",),
+    ),
+    Family(
+        "train-warmup --resume in a user's folder",
+        lambda i: [*warm_args(i.data, _user_folder(i)), "--resume"],
+        ("not a diff2in1 run",),
+    ),
+    Family(
+        "create-data into a user's folder",
+        lambda i: create_args(i.data, i.head, _user_folder(i)),
+        ("create-data did not write",),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", OUT_FOLDER_CASES, ids=[c.name for c in OUT_FOLDER_CASES])
+def test_a_users_folder_as_out_keeps_every_file(case: Family, inputs, capsys):
+    argv = case.make(inputs)
+    out = Path(argv[argv.index("--out") + 1])
+    mine = tree_state(out)
+    names = sorted(p.name for p in out.rglob("*"))
+    _run_family(case, inputs, capsys, argv)
+    assert tree_state(out) == mine and sorted(p.name for p in out.rglob("*")) == names
+
+
+def test_create_data_beside_hidden_user_files_deletes_none(inputs, capsys):
+    """create-data takes a folder holding only hidden files, and its stale-temp cleanup leaves them."""
+    out = _hidden_only_folder(inputs)
+    code, _, err = run_cli_limited(create_args(inputs.data, inputs.head, out), capsys)
+    assert code == 0, err
+    assert (out / ".letter.tmp").read_text() == "dear ..."
+
+
+def test_weight_files_get_the_umask_permissions(scenes_root, tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        code, _, err = run_cli_limited(warm_args(scenes_root, tmp_path / "r"), capsys)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    files = [p for p in (tmp_path / "r").rglob("*") if p.is_file() and p.name != ".diff2in1.lock"]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.relative_to(tmp_path): p.stat().st_mode & 0o777 for p in files} == {
+        p.relative_to(tmp_path): 0o644 for p in files
+    }
+
+
+# ------------------------------------------------------------------------------ one run per folder
+def test_two_runs_into_one_folder_end_with_one_refused(scenes_root, tmp_path, capsys):
+    run = tmp_path / "r"
+    first = _spawn(warm_args(scenes_root, run, "--epochs", "12", "--checkpoint-every", "0"))
+    _wait_for(lambda: _log_rows(run) >= 1, first)
+    for extra in ([], ["--resume"]):  # a second run, and a resume of the live one
+        code, _, err = run_cli_limited(warm_args(scenes_root, run, "--epochs", "12", *extra), capsys)
+        assert_one_line_error(code, err, "in use by another diff2in1 command", f"process {first.pid}")
+    assert first.poll() is None  # refused while the first still ran
+    assert first.wait(timeout=LIMIT_S) == 0, first.stderr.read()
+    steps = [ln.split(",")[0] for ln in (run / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [str(i) for i in range(1, 49)]  # 12 epochs x 4 steps, each once
+    # Released on exit: the next command in the folder runs.
+    code, _, err = run_cli_limited([*warm_args(scenes_root, run, "--epochs", "13"), "--resume"], capsys)
+    assert code == 0, err
+
+
+def test_a_dead_process_lock_is_taken_over_with_a_note(scenes_root, tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".diff2in1.lock").write_text(f"{dead.pid}\n")  # what kill -9 mid-run leaves
+    code, _, err = run_cli_limited(warm_args(scenes_root, run), capsys)
+    assert code == 0, err
+    assert f"took over the lock of process {dead.pid}" in err
+
+
+def test_a_refused_run_leaves_no_folder_and_no_lock(scenes_root, tmp_path, capsys):
+    code, _, err = run_cli_limited([*warm_args(scenes_root, tmp_path / "new"), "--resume"], capsys)
+    assert_one_line_error(code, err, "nothing to resume")
+    assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------- model folders are inputs
+def _link(i: Inputs, target: Path) -> Path:
+    link = i.tmp / "linked_model"
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def _pipeline(i: Inputs) -> Path:
+    from diff2in1.inference.convert import export_pipeline
+
+    return export_pipeline(i.backbone, i.head, i.tmp / "models" / "pipeline")
+
+
+def _set(argv: list, flag: str, value) -> list:
+    """`argv` with `flag`'s value replaced (or the flag added)."""
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+        return argv
+    return [*argv, flag, value]
+
+
+MODEL_OVERLAP_CASES = [
+    Family(
+        "train-warmup --out inside --backbone",
+        lambda i: _set(warm_args(i.data, i.backbone / "run"), "--backbone", i.backbone),
+        ("lies inside the input --backbone",),
+    ),
+    Family(
+        "train-warmup --out equal to --backbone",
+        lambda i: _set(warm_args(i.data, i.backbone), "--backbone", i.backbone),
+        ("is the input --backbone",),
+    ),
+    Family(
+        "train-warmup --out inside the starting --head",
+        lambda i: _set(warm_args(i.data, i.head / "run"), "--head", i.head),
+        ("lies inside the input --head",),
+    ),
+    Family(
+        "train-self-improve --out equal to --init",
+        lambda i: si_args(i, i.head),
+        ("is the input --init",),
+    ),
+    Family(
+        "train-self-improve --out inside --backbone via a link",
+        lambda i: _set(si_args(i, _link(i, i.backbone) / "run"), "--backbone", i.backbone),
+        ("lies inside the input --backbone",),
+    ),
+    Family(
+        "predict --out inside --head",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.head / "pred"),
+        ("lies inside the input --head",),
+    ),
+    Family(
+        "predict --out inside --backbone (a link to it)",
+        lambda i: predict_args(
+            i.data / "test" / "img", i.head, _link(i, i.backbone) / "pred", backbone=str(i.backbone)
+        ),
+        ("lies inside the input --backbone",),
+    ),
+    Family(
+        "predict --out equal to --pipeline",
+        lambda i: [
+            "predict",
+            i.data / "test" / "img",
+            "--pipeline",
+            _pipeline(i),
+            "--out",
+            i.tmp / "models" / "pipeline",
+        ],
+        ("is the input --pipeline",),
+    ),
+    Family(
+        "evaluate --out inside --backbone",
+        lambda i: _set(eval_args(i.data, i.head, i.backbone / "eval"), "--backbone", i.backbone),
+        ("lies inside the input --backbone",),
+    ),
+    Family(
+        "create-data --out inside --head",
+        lambda i: create_args(i.data, i.head, i.head / "syn"),
+        ("lies inside the input --head",),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MODEL_OVERLAP_CASES, ids=[c.name for c in MODEL_OVERLAP_CASES])
+def test_model_folders_are_inputs(case: Family, inputs, capsys):
+    _run_family(case, inputs, capsys)
+
+
+# ------------------------------------------------------------------------------------------ devices
+def _cfg(i: Inputs, text: str | bytes, name: str = "cfg.yaml") -> Path:
+    p = i.tmp / name
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return p
+
+
+DEVICE_CASES = [
+    Family(
+        "train-warmup --device cuda:99",
+        lambda i: warm_args(i.data, i.tmp / "r", "--device", "cuda:99"),
+        ("cuda:99", "available"),
+    ),
+    Family(
+        "train-warmup --device tpu",
+        lambda i: warm_args(i.data, i.tmp / "r", "--device", "tpu"),
+        ("tpu", "not a device"),
+    ),
+    Family(
+        "train-warmup device: cuda:99 in YAML",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "device: cuda:99\n")],
+        ("device", "cuda:99", "available"),
+    ),
+    Family(
+        "predict --device cuda:99",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--device", "cuda:99"),
+        ("cuda:99",),
+    ),
+    Family(
+        "evaluate --device gpu0",
+        lambda i: [*eval_args(i.data, i.head, i.tmp / "e"), "--device", "gpu0"],
+        ("gpu0", "not a device"),
+    ),
+    Family(
+        "create-data --device cuda:99",
+        lambda i: create_args(i.data, i.head, i.tmp / "s", "--device", "cuda:99"),
+        ("cuda:99",),
+    ),
+    Family(
+        "caption --device cuda:x",
+        lambda i: ["caption", "--data", i.data, "--device", "cuda:x"],
+        ("cuda:x", "not a device"),
+    ),
+    Family("app --device mps:0", lambda i: ["app", "--device", "mps:0"], ("mps:0", "not a device")),
+]
+if not torch.cuda.is_available():  # where the machine has none, plain cuda is the case users meet
+    DEVICE_CASES.append(
+        Family(
+            "train-warmup --device cuda (no CUDA here)",
+            lambda i: warm_args(i.data, i.tmp / "r", "--device", "cuda"),
+            ("CUDA is not available", "cpu"),
+        )
+    )
+
+
+@pytest.mark.parametrize("case", DEVICE_CASES, ids=[c.name for c in DEVICE_CASES])
+def test_device_names_are_checked_before_models(case: Family, inputs, capsys):
+    _run_family(case, inputs, capsys)
+    assert not (inputs.tmp / "r").exists()
+
+
+def test_device_parser():
+    from diff2in1.devices import available_devices, check_device
+    from diff2in1.errors import InputError
+
+    assert check_device(None) == "auto" and check_device("CPU") == "cpu"
+    assert "cpu" in available_devices()
+    for bad in ("cpu:1", "cuda:-1", "mps:0", "xla", "cuda:"):
+        with pytest.raises(InputError, match="not a device name"):
+            check_device(bad)
+
+
+# ------------------------------------------------------------------------------------------ bounds
+def _huge_png(path: Path, w: int, h: int) -> None:
+    """A PNG whose header says w x h (its pixel data are not there: only the header is read)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _huge_training_image(i: Inputs) -> Path:
+    _huge_png(i.data / "train" / "img" / "scene_000003.png", 12000, 12000)
+    return i.data
+
+
+BOUND_CASES = [
+    Family(
+        "--seed 2^64 (train-warmup)",
+        lambda i: warm_args(i.data, i.tmp / "r", "--seed", str(2**64)),
+        ("--seed", "2^63"),
+    ),
+    Family(
+        "--seed -1 (predict)",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--seed", "-1"),
+        ("--seed",),
+    ),
+    Family(
+        "--seed 2^63 (make-scenes)",
+        lambda i: ["make-scenes", "--out", i.tmp / "s", "--seed", str(2**63)],
+        ("--seed", "2^63"),
+    ),
+    Family(
+        "seed: 2^64 in a create-data YAML",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, f"seed: {2**64}\n")],
+        ("seed", "2^63"),
+    ),
+    Family(
+        "seed: 2^64 in a train-self-improve YAML",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, f"seed: {2**64}\n")],
+        ("seed", "2^63"),
+    ),
+    Family(
+        "predict --resolution 65536",
+        lambda i: predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--resolution", "65536"),
+        ("--resolution", "at most 2048"),
+    ),
+    Family(
+        "train-warmup --resolution 100000",
+        lambda i: warm_args(i.data, i.tmp / "r", "--resolution", "100000"),
+        ("--resolution", "at most 2048"),
+    ),
+    Family(
+        "resolution: 8192 in a create-data YAML",
+        lambda i: [
+            *_without(create_args(i.data, i.head, i.tmp / "s"), "--resolution"),
+            "--config",
+            _cfg(i, "resolution: 8192\n"),
+        ],
+        ("resolution", "at most 2048"),
+    ),
+    Family(
+        "make-scenes --size 100000",
+        lambda i: ["make-scenes", "--out", i.tmp / "s", "--size", "100000"],
+        ("--size", "at most 2048"),
+    ),
+    Family(
+        "a 12000x12000 training image",
+        lambda i: warm_args(_huge_training_image(i), i.tmp / "r"),
+        ("scene_000003.png", "too large", "64,000,000"),
+    ),
+    Family(
+        "a 12000x12000 training image, skipped and listed",
+        lambda i: [
+            *warm_args(_huge_training_image(i), i.tmp / "r", "--max-steps", "1"),
+            "--skip-bad-samples",
+        ],
+        (),
+        ok=True,
+        stderr=("scene_000003", "too large"),
+    ),
+    Family(
+        "a 12000x12000 image to predict",
+        lambda i: (
+            _huge_png(i.tmp / "big.png", 12000, 12000) or predict_args(i.tmp / "big.png", i.head, i.tmp / "p")
+        ),
+        ("big.png", "too large"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BOUND_CASES, ids=[c.name for c in BOUND_CASES])
+def test_bounds_before_any_model(case: Family, inputs, capsys):
+    _run_family(case, inputs, capsys)
+
+
+# ------------------------------------------------------------------------------------ config files
+CONFIG_CASES = [
+    Family(
+        "Latin-1 config",
+        lambda i: [
+            *warm_args(i.data, i.tmp / "r"),
+            "--config",
+            _cfg(i, "split: caf\xe9\n".encode("latin-1")),
+        ],
+        ("not UTF-8",),
+    ),
+    Family(
+        "UTF-16 config",
+        lambda i: [
+            *create_args(i.data, i.head, i.tmp / "s"),
+            "--config",
+            _cfg(i, "seed: 1\n".encode("utf-16")),
+        ],
+        ("not UTF-8",),
+    ),
+    Family(
+        "YAML alias bomb",
+        lambda i: [
+            *si_args(i, i.tmp / "r"),
+            "--config",
+            _cfg(i, 'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n'),
+        ],
+        ("aliases",),
+    ),
+    Family(
+        "a 2 MB config",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "x:\n" + "- 1\n" * 600_000)],
+        ("too large for a settings file",),
+    ),
+    Family(
+        "deeply nested config",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _cfg(i, "a: " + "[" * 100_000)],
+        ("nested too deeply",),
+    ),
+    Family(
+        "create-data unknown key",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "t_star: 500\n")],
+        ("unknown setting", "t_star"),
+    ),
+    Family(
+        "create-data wrong type",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "guidance: strong\n")],
+        ("guidance", "number"),
+    ),
+    Family(
+        "create-data shard: 3",
+        lambda i: [*create_args(i.data, i.head, i.tmp / "s"), "--config", _cfg(i, "shard: 3\n")],
+        ("shard",),
+    ),
+    Family(
+        "self-improve unknown key",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "ema_decy: 0.9\n")],
+        ("unknown setting", "ema_decy"),
+    ),
+    Family(
+        "self-improve wrong type",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "ema_every: often\n")],
+        ("ema_every", "integer"),
+    ),
+    Family(
+        "self-improve create: unknown key",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "create:\n  stepz: 5\n")],
+        ("create", "stepz"),
+    ),
+    Family(
+        "self-improve create: wrong type",
+        lambda i: [*si_args(i, i.tmp / "r"), "--config", _cfg(i, "create:\n  steps: many\n")],
+        ("create", "steps", "integer"),
+    ),
+    Family(
+        "self-improve synthetic: a string",
+        lambda i: [
+            *_without(si_args(i, i.tmp / "r"), "--synthetic"),
+            "--config",
+            _cfg(i, "synthetic: abc\n"),
+        ],
+        ("synthetic", "list"),
+    ),
+    Family(
+        "a folder as config", lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", i.data], ("folder",)
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.name for c in CONFIG_CASES])
+def test_config_files_are_read_one_way(case: Family, inputs, capsys):
+    _run_family(case, inputs, capsys)
+
+
+# ------------------------------------------------------------------------ special files, workers
+def _fifo(path: Path) -> Path:
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+SPECIAL_FILE_CASES = [
+    Family(
+        "a FIFO named like a training image",
+        lambda i: _fifo(i.data / "train" / "img" / "zz.png") and warm_args(i.data, i.tmp / "r"),
+        ("zz.png", "FIFO", "not a regular file"),
+    ),
+    Family(
+        "a FIFO named like an image, skipped and listed",
+        lambda i: (
+            _fifo(i.data / "train" / "img" / "zz.png")
+            and [*warm_args(i.data, i.tmp / "r", "--max-steps", "1"), "--skip-bad-samples"]
+        ),
+        (),
+        ok=True,
+        stderr=("zz", "FIFO"),
+    ),
+    Family(
+        "a FIFO as a normal map",
+        lambda i: (
+            _fifo(i.data / "train" / "norm" / "scene_000002.png")
+            and _fifo(i.data / "train" / "norm_npy" / "scene_000002.npy")
+            and warm_args(i.data, i.tmp / "r")
+        ),
+        ("scene_000002", "FIFO"),
+    ),
+    Family(
+        "a FIFO as a caption (create-data)",
+        lambda i: (
+            _fifo(i.data / "train" / "caption" / "scene_000001.txt")
+            and create_args(i.data, i.head, i.tmp / "s")
+        ),
+        ("scene_000001.txt", "FIFO"),
+    ),
+    Family(
+        "a FIFO among the images to predict",
+        lambda i: (
+            _fifo(i.data / "test" / "img" / "zz.png")
+            and predict_args(i.data / "test" / "img", i.head, i.tmp / "p", "--no-progress")
+        ),
+        ("zz.png", "FIFO"),
+    ),
+    Family(
+        "a FIFO given to predict",
+        lambda i: predict_args(_fifo(i.tmp / "in.png"), i.head, i.tmp / "p"),
+        ("in.png", "FIFO"),
+    ),
+    Family(
+        "a FIFO as --config",
+        lambda i: [*warm_args(i.data, i.tmp / "r"), "--config", _fifo(i.tmp / "c.yaml")],
+        ("c.yaml", "FIFO"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", SPECIAL_FILE_CASES, ids=[c.name for c in SPECIAL_FILE_CASES])
+def test_special_files_are_named_never_opened(case: Family, inputs):
+    """Run as a separate process with a timeout: a FIFO that got opened would block it for good."""
+    argv = case.make(inputs)
+    before = {str(f): tree_state_no_fifo(f) for f in inputs.folders()}
+    res = run_sub(argv)
+    if case.ok:
+        assert res.returncode == 0, res.stderr
+    else:
+        assert_error_line(res.returncode, _without_warnings(res.stderr), *case.words)
+    for w in case.stderr:
+        assert w in res.stderr + res.stdout, (w, res.stderr)
+    for f in inputs.folders():
+        assert tree_state_no_fifo(f) == before[str(f)], f"{f} changed"
+
+
+def tree_state_no_fifo(folder: Path) -> dict[str, bytes]:
+    """`tree_state`, with special files listed by name (reading a FIFO would block)."""
+    import stat as st
+
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        mode = p.lstat().st_mode
+        if st.S_ISFIFO(mode):
+            out[str(p.relative_to(folder))] = b"<fifo>"
+        elif p.is_file():
+            out[str(p.relative_to(folder))] = p.read_bytes()
+    return out
+
+
+def _without_warnings(err: str) -> str:
+    """stderr without Python warning lines (a subprocess prints the data set's skip warning)."""
+    lines = err.splitlines()
+    return "\n".join(
+        ln for k, ln in enumerate(lines) if "Warning" not in ln and not (k and "Warning" in lines[k - 1])
+    )
+
+
+def test_worker_counts_are_capped_with_a_note(scenes_root, tmp_path, capsys):
+    from diff2in1.limits import cpu_count
+
+    args = _set(warm_args(scenes_root, tmp_path / "r", "--max-steps", "1"), "--num-workers", "100000")
+    code, _, err = run_cli_limited(args, capsys)
+    assert code == 0, err
+    assert f"--num-workers 100000: capped at {cpu_count()}" in err
+
+
+def test_a_file_unreadable_mid_run_is_one_line(scenes_root, tmp_path, capsys, monkeypatch):
+    """A training image that breaks after the data check, read by a DataLoader worker process."""
+    from diff2in1.data import NormalsDataset
+    from diff2in1.stages import warmup
+
+    data = copy_scenes(scenes_root, tmp_path / "data")
+
+    class BreaksAfterTheCheck(NormalsDataset):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            for p in (data / "train" / "img").glob("*.png"):
+                p.write_bytes(b"not a png any more")
+
+    monkeypatch.setattr(warmup, "NormalsDataset", BreaksAfterTheCheck)
+    args = _set(warm_args(data, tmp_path / "r"), "--num-workers", "1")
+    code, _, err = run_cli_limited(args, capsys)
+    assert_one_line_error(code, err, "scene_0000", "cannot decode image")
+
+
+# ----------------------------------------------------------------------------------- model files
+def _int_header_head(i: Inputs) -> Path:
+    """The head with its float tensors declared I32 in the safetensors header (same bytes)."""
+    w = i.head / "diffusion_pytorch_model.safetensors"
+    state = load_file(w)
+    save_file({k: (v.view(torch.int32) if v.dtype == torch.float32 else v) for k, v in state.items()}, w)
+    return i.head
+
+
+def _head_without_fingerprint(i: Inputs) -> Path:
+    cfg = json.loads((i.head / "config.json").read_text())
+    assert cfg.pop("backbone", None)
+    (i.head / "config.json").write_text(json.dumps(cfg))
+    return i.head
+
+
+def _pickled_component(i: Inputs, sub: str, name: str) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(i.tmp / "PWNED"),))
+
+    weights = next((i.backbone / sub).glob("*.safetensors"))
+    torch.save({**load_file(weights), "evil": Evil()}, i.backbone / sub / name)
+    weights.unlink()
+    return i.backbone
+
+
+MODEL_FILE_CASES = [
+    Family(
+        "I32 header over float data (predict)",
+        lambda i: predict_args(i.data / "test" / "img", _int_header_head(i), i.tmp / "p"),
+        ("stored dtype mismatches", "int32"),
+    ),
+    Family(
+        "I32 header over float data (evaluate)",
+        lambda i: eval_args(i.data, _int_header_head(i), i.tmp / "e"),
+        ("stored dtype mismatches",),
+    ),
+    Family(
+        "head config without its backbone fingerprint",
+        lambda i: predict_args(
+            i.data / "test" / "img", _head_without_fingerprint(i), i.tmp / "p", "--no-progress"
+        ),
+        (),
+        ok=True,
+        stderr=("no backbone fingerprint",),
+    ),
+    Family(
+        "pickled unet in a diffusers folder (predict)",
+        lambda i: predict_args(
+            i.data / "test" / "img",
+            i.head,
+            i.tmp / "p",
+            backbone=str(_pickled_component(i, "unet", "diffusion_pytorch_model.bin")),
+        ),
+        ("unet", "refused", "pickle"),
+    ),
+    Family(
+        "pickled vae in a diffusers folder (train-warmup)",
+        lambda i: _set(
+            warm_args(i.data, i.tmp / "r"),
+            "--backbone",
+            _pickled_component(i, "vae", "diffusion_pytorch_model.bin"),
+        ),
+        ("vae", "refused", "pickle"),
+    ),
+    Family(
+        "pickled text encoder in a diffusers folder (create-data)",
+        lambda i: _set(
+            create_args(i.data, i.head, i.tmp / "s"),
+            "--backbone",
+            _pickled_component(i, "text_encoder", "pytorch_model.bin"),
+        ),
+        ("text_encoder", "refused", "pickle"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MODEL_FILE_CASES, ids=[c.name for c in MODEL_FILE_CASES])
+def test_model_files_are_checked(case: Family, inputs, capsys):
+    _run_family(case, inputs, capsys)
+    assert not (inputs.tmp / "PWNED").exists()  # no pickle code ran
+
+
+OUTPUT_FOLDER_CASES = [
+    Family(
+        "predict into a user's folder",
+        lambda i: predict_args(i.data / "test" / "img", i.head, _user_folder(i), "--no-progress"),
+        ("predict did not write", "notes.txt"),
+    ),
+    Family(
+        "evaluate into a user's folder",
+        lambda i: eval_args(i.data, i.head, _user_folder(i)),
+        ("evaluate did not write", "notes.txt"),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", OUTPUT_FOLDER_CASES, ids=[c.name for c in OUTPUT_FOLDER_CASES])
+def test_a_users_folder_as_output_keeps_every_file(case: Family, inputs, capsys):
+    argv = case.make(inputs)
+    out = Path(argv[argv.index("--out") + 1])
+    mine = tree_state(out)
+    _run_family(case, inputs, capsys, argv)
+    assert tree_state(out) == mine
+
+
+def test_predict_and_evaluate_run_again_into_their_own_folders(scenes_root, small_head_dir, tmp_path, capsys):
+    for argv in (
+        predict_args(scenes_root / "test" / "img", small_head_dir, tmp_path / "p", "--no-progress"),
+        eval_args(scenes_root, small_head_dir, tmp_path / "e"),
+    ):
+        for _ in range(2):  # the second run finds the first's files: its own, so it goes on
+            code, _, err = run_cli_limited(argv, capsys)
+            assert code == 0, err
+
+
+# ------------------------------------------------------------------------------- the web page
+def test_web_page_sigterm_removes_its_work_folder(tmp_path):
+    pytest.importorskip("gradio")
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    argv = ["--threads", "1", "app", "--demo-steps", "0", "--device", "cpu", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diff2in1.cli", *argv], env=env, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        _wait_for(lambda: any("page on" in ln for ln in lines), proc, timeout=LIMIT_S)
+        work = [p for p in tmp_path.iterdir() if p.name.startswith("diff2in1-app-")]
+        assert len(work) == 1 and work[0].is_dir()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not work[0].exists()  # removed on SIGTERM, as on Ctrl-C

@@ -2,9 +2,11 @@
 
 An interrupted process leaves either the old file or none, never a truncated one. (No fsync:
 thousands of small dataset files would pay for it, and power loss is not the case we guard.)
-Temp names start with "." and end with ".tmp", so folder listings skip them; `clean_stale_tmp`
-removes those a killed process left behind. Files get the permissions the umask gives a new file
-(mkstemp alone would make every file private to its owner). A full disk or a read-only folder is an
+Temp names start with "." and end with ".tmp", so folder listings skip them, and carry the tag
+".diff2in1-" (`.<name>.diff2in1-<random>.tmp`); `clean_stale_tmp` removes only names with that tag
+(and temp folders holding our marker file), so a user's own `.notes.tmp` is never touched. Files
+get the permissions the umask gives a new file (mkstemp alone, and safetensors, would make every
+file private to its owner). A full disk or a read-only folder is an
 InputError naming the file, and leaves no partial file.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +25,30 @@ from typing import IO, Any
 from .errors import InputError
 
 TMP_SUFFIX = ".tmp"
+TMP_TAG = ".diff2in1-"  # in every temp name we make: what `clean_stale_tmp` may remove
+TMP_MARKER = ".diff2in1-partial"  # inside every temp folder we make (see runs.atomic_dir)
 STALE_SECONDS = 60.0  # a temp file older than this belongs to no live writer of ours
+# `.<name>.diff2in1-<mkstemp's 8 characters>.tmp`, and the temp / set-aside folders of atomic_dir.
+_OUR_TMP_FILE = re.compile(r"^\..+\.diff2in1-[A-Za-z0-9_]{8}\.tmp$")
+_OUR_TMP_DIR = re.compile(r"^\..+\.diff2in1-(tmp|old)$")
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def umask_mode(path: str | os.PathLike) -> None:
+    """Give `path` (a folder: everything under it too) the permissions the umask gives new files
+    and folders; for writers that make files private (safetensors, mkstemp)."""
+    mask = _umask()
+    path = Path(path)
+    todo = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for p in todo:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def disk_error(path: str | os.PathLike, e: OSError) -> InputError:
@@ -53,10 +73,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-        os.fchmod(fd, 0o666 & ~_umask())
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}{TMP_TAG}", suffix=TMP_SUFFIX)
         os.close(fd)
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # after the write: a writer may have replaced the file
         os.replace(tmp, path)
     except OSError as e:
         raise disk_error(path, e) from None
@@ -76,9 +96,19 @@ def save_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def is_our_temp(p: Path) -> bool:
+    """Whether `p` is a temp file or folder this program made (tagged name; a folder also holds
+    our marker file). Anything else, whatever its name, is the user's."""
+    if _OUR_TMP_FILE.match(p.name):
+        return not p.is_dir() or p.is_symlink()
+    if _OUR_TMP_DIR.match(p.name):
+        return p.is_dir() and not p.is_symlink() and (p / TMP_MARKER).is_file()
+    return False
+
+
 def clean_stale_tmp(folder: str | os.PathLike, recursive: bool = True) -> int:
-    """Remove `.*.tmp` files (and `.*.tmp` / `.*.old` folders) older than a minute under `folder`:
-    what a killed process left. Returns how many were removed."""
+    """Remove what a killed process of ours left under `folder`: temp files and folders with our
+    tag (see `is_our_temp`) older than a minute. Nothing else is touched. Returns how many."""
     import shutil
 
     root = Path(folder)
@@ -87,12 +117,10 @@ def clean_stale_tmp(folder: str | os.PathLike, recursive: bool = True) -> int:
     now, removed = time.time(), 0
     entries = root.rglob(".*") if recursive else root.glob(".*")
     for p in list(entries):
-        if not (p.name.endswith(TMP_SUFFIX) or p.name.endswith(".old")):
-            continue
         try:
-            if now - p.lstat().st_mtime < STALE_SECONDS:
+            if not is_our_temp(p) or now - p.lstat().st_mtime < STALE_SECONDS:
                 continue
-            if p.is_dir() and not p.is_symlink():
+            if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink()

@@ -74,19 +74,10 @@ def find_missing(root: str | os.PathLike, splits: list[str] | None = None) -> tu
 
 
 def resolve_device(device: str) -> str:
-    if device in (None, "", "auto"):
-        from diff2in1.info import best_device
+    """The device name for the captioning model (devices.py: checked, `auto` resolved)."""
+    from diff2in1.devices import resolve_device as resolve
 
-        return best_device()
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise InputError(f"caption: invalid --device {device!r} ({_one_line(e)})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"caption: --device {device}: CUDA is not available here")
-    return device
+    return str(resolve(device, "caption: --device"))
 
 
 class _Captioner:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import umask_mode
 from .errors import InputError
 from .memory_alignment import realign_
 
@@ -461,6 +462,7 @@ def save_single_file(
             save_file(sd, str(tmp), metadata={"format": "pt"})
         else:
             torch.save({"state_dict": sd}, tmp)
+        umask_mode(tmp)  # safetensors writes its files private to their owner
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)

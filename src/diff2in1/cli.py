@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .errors import InputError
+from .errors import InputError, one_line
+from .limits import MAX_RESOLUTION, MAX_SCENE_SIZE
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -63,8 +64,33 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed in 0 .. 2^63 - 1 (limits.py)."""
+    from .limits import seed_problem
+
+    value = _non_negative_int(text)
+    problem = seed_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _at_most(limit: int, parse: Callable[[str], int]) -> Callable[[str], int]:
+    """An argparse type: `parse`, then at most `limit` (limits.py)."""
+
+    def check(text: str) -> int:
+        value = parse(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit}, got {value}")
+        return value
+
+    return check
+
+
 def _size(text: str) -> tuple[int, int]:
-    """ "512" or "480x640" -> (height, width)."""
+    """ "512" or "480x640" -> (height, width), at most limits.MAX_RESOLUTION a side."""
+    from .limits import MAX_RESOLUTION
+
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:
@@ -73,6 +99,8 @@ def _size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (use 512 or 480x640)")
+    if max(parts) > MAX_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"at most {MAX_RESOLUTION} a side, got {text}")
     return parts[0], parts[1]
 
 
@@ -101,7 +129,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--loss", choices=["ug_nll", "angular", "l2"])
     p.add_argument("--checkpoint-every", type=_non_negative_int, help="keep a head checkpoint every k epochs")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
@@ -166,7 +194,7 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=_positive_int, default=4)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of the t=0 noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the t=0 noise")
     p.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
@@ -210,8 +238,9 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
+        from .out_folder import check_output_folder, mark_output_folder
         from .path_overlap import refuse_overlap
-        from .stages.evaluate import evaluate, format_table
+        from .stages.evaluate import EVAL_FILES, evaluate, format_table
 
         # Bad data fails before any model loads.
         NormalsDataset(
@@ -219,8 +248,11 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         )
         out = a.out or str(Path(a.head).with_name(f"{Path(a.head).resolve().name}_eval_{a.split}"))
         refuse_overlap(out, data=a.data, head=a.head, backbone=a.backbone)
+        check_output_folder(out, "evaluate", EVAL_FILES.__contains__)  # no file of the user's overwritten
+        predictor = _predictor(a)
+        mark_output_folder(out, "evaluate")
         result = evaluate(
-            _predictor(a),
+            predictor,
             a.data,
             a.split,
             out=out,
@@ -248,7 +280,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
     p.add_argument("--head", help="head folder (with --backbone)")
-    p.add_argument("--resolution", type=int, help="model input size (default: the head's own)")
+    p.add_argument(
+        "--resolution", type=_at_most(MAX_RESOLUTION, int), help="model input size (default: the head's own)"
+    )
     p.add_argument(
         "--resize-mode",
         choices=["squash", "keep_aspect"],
@@ -258,7 +292,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
         "--ensemble-size", type=_positive_int, default=1, help="noise draws + flips combined (default 1)"
     )
     p.add_argument("--batch-size", type=_positive_int, default=1)
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the noise")
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--mixed-precision",
@@ -291,20 +325,27 @@ def _predict(p: argparse.ArgumentParser) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
         from .inference.pipeline import load_pipeline
-        from .inference.predict_files import collect_images, predict_files
+        from .inference.predict_files import check_images, collect_images, is_prediction_file, predict_files
         from .inference.sources import DEMO_NOTE
+        from .out_folder import check_output_folder, mark_output_folder
+        from .path_overlap import refuse_overlap
 
         if a.ensemble_size < 1 or a.batch_size < 1:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
         if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
             raise InputError(f"--resolution {a.resolution}: must be a positive multiple of 64")
-        collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        files = collect_images(a.inputs, a.out)  # bad input fails before any model loads
+        if not a.skip_bad_files:
+            check_images(files)
+        refuse_overlap(a.out, pipeline=a.pipeline, backbone=a.backbone, head=a.head)
+        check_output_folder(a.out, "predict", is_prediction_file)  # no file of the user's overwritten
         if a.pipeline is None and a.backbone is None and a.head is None:
             a.pipeline = "tiny-scenes"
             print(f"note: no model given; using the {DEMO_NOTE}", file=sys.stderr)
         pipe = load_pipeline(
             a.pipeline, a.backbone, a.head, init_from_launcher(a.device), weights_dtype(a.mixed_precision)
         )
+        mark_output_folder(a.out, "predict")
         res = predict_files(
             pipe,
             a.inputs,
@@ -350,7 +391,12 @@ def _convert_research(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder", required=True, help="checkpoint_bae_<epoch>.pth (the decoder)")
     p.add_argument("--backbone", required=True, help="the SD v1.5 model.ckpt / .safetensors / folder")
     p.add_argument("--out", required=True, help="pipeline folder to write (must not exist or be empty)")
-    p.add_argument("--resolution", type=int, default=512, help="resolution the heads were trained at")
+    p.add_argument(
+        "--resolution",
+        type=_at_most(MAX_RESOLUTION, _positive_int),
+        default=512,
+        help="resolution the heads were trained at",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from .inference.convert import convert_research
@@ -366,8 +412,10 @@ def _make_scenes(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="dataset root to write")
     p.add_argument("--train", type=_positive_int, default=200, help="number of training scenes")
     p.add_argument("--test", type=_non_negative_int, default=50, help="number of test scenes")
-    p.add_argument("--size", type=_positive_int, default=128, help="image size (square)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--size", type=_at_most(MAX_SCENE_SIZE, _positive_int), default=128, help="image size (square)"
+    )
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     def run(a: argparse.Namespace) -> None:
@@ -393,7 +441,7 @@ def _create_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t-start", type=_positive_int, help="noise level to start from (default 600)")
     p.add_argument("--steps", type=_positive_int, help="DDIM steps below t-start (default 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = none)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=_seed)
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--shard", help="i/n: make only this machine's share (each sample exactly once overall)")
@@ -534,9 +582,9 @@ def _demo(p: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="smoke run (~1 min): tiny sizes, checks every stage, no verdict"
     )
     p.add_argument("--backbone", help="backbone (default: the shipped tiny-scenes preset)")
-    p.add_argument("--seed", type=int, help="seed of the procedural scenes (default 0)")
+    p.add_argument("--seed", type=_seed, help="seed of the procedural scenes (default 0)")
     p.add_argument(
-        "--seeds", type=int, nargs="+", help="training seeds, one run of every stage each (default: 0 1)"
+        "--seeds", type=_seed, nargs="+", help="training seeds, one run of every stage each (default: 0 1)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
@@ -571,7 +619,9 @@ def _app(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
     p.add_argument("--head", help="head folder (with --backbone)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
-    p.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    p.add_argument(
+        "--port", type=_at_most(65535, _positive_int), help="port (default: the first free one from 7860)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument(
@@ -619,25 +669,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from .cli_help import check_command_line
+    from .termination import Terminated, sigterm_as_interrupt
 
     try:
-        check_command_line(args)  # the command line's own mistakes: before torch and the models load
-        _quiet_library_bars()
-        if args.threads:
-            import torch
+        with sigterm_as_interrupt():
+            check_command_line(args)  # the command line's own mistakes: before torch and the models load
+            if getattr(args, "device", None) is not None:  # before any model loads
+                from .devices import check_device
 
-            torch.set_num_threads(args.threads)
-        args.func(args)
+                args.device = check_device(args.device)
+            if args.command != "info":  # info says the same after its own look at the folder
+                from .model_files import refuse_pickled_components
+
+                for flag in ("backbone", "pipeline"):
+                    refuse_pickled_components(getattr(args, flag, None))
+            _quiet_library_bars()
+            if args.threads:
+                import torch
+
+                torch.set_num_threads(args.threads)
+            args.func(args)
     except InputError as e:
-        print(f"diff2in1: error: {e}", file=sys.stderr)
+        print(f"diff2in1: error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a file system problem that no check above caught: still one line
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"diff2in1: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"diff2in1: error: {where}{e.strerror or one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"diff2in1: interrupted ({INTERRUPTED.get(args.command, 'nothing was kept')})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"diff2in1: {how} ({INTERRUPTED.get(args.command, 'nothing was kept')})", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

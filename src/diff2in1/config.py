@@ -157,13 +157,9 @@ def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) 
     """Build `cls` from defaults, an optional YAML file and explicit overrides (None = unset)."""
     values: dict[str, Any] = {}
     if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"{path}: cannot read config ({e})") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"{path}: a config file must be a mapping of settings")
-        values.update(loaded)
+        from .config_reader import read_config_file
+
+        values.update(read_config_file(path))
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))

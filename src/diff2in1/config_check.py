@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .limits import MAX_RESOLUTION, MAX_SEED
 
 # field -> (test, what it must be); a field not listed is only type-checked.
 RANGES: dict[str, tuple[Any, str]] = {
@@ -33,7 +34,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "steps": (lambda v: v >= 1, "at least 1"),
     "guidance": (lambda v: math.isfinite(v) and v >= 1.0, "1 (no guidance) or more"),
     "preview": (lambda v: v >= 0, "0 or more"),
-    "seed": (lambda v: v >= 0, "0 or more"),
+    "seed": (lambda v: 0 <= v <= MAX_SEED, f"between 0 and 2^63 - 1 ({MAX_SEED})"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ug_nll", "angular", "l2"),
@@ -87,6 +88,15 @@ def check_config(config: Any, source: str | Path | None = None) -> None:
     resolution = getattr(config, "resolution", None)
     if resolution is not None and (min(resolution) < 64 or any(r % 64 for r in resolution)):
         raise InputError(f"{src}: resolution: must be a multiple of 64 on both sides, got {list(resolution)}")
+    if resolution is not None and max(resolution) > MAX_RESOLUTION:
+        raise InputError(f"{src}: resolution: at most {MAX_RESOLUTION} a side, got {list(resolution)}")
+    if hasattr(config, "device"):
+        from .devices import check_device
+
+        check_device(config.device, f"{src}: device:")
+    create = getattr(config, "create", None)
+    if isinstance(create, dict) and create:
+        _check_create_section(create, src)
     steps, t_start = getattr(config, "steps", None), getattr(config, "t_start", None)
     if steps is not None and t_start is not None and steps > t_start:
         raise InputError(f"{src}: steps: must be at most t_start ({t_start}), got {steps}")
@@ -95,3 +105,19 @@ def check_config(config: Any, source: str | Path | None = None) -> None:
         m = re.fullmatch(r"(\d+)/(\d+)", str(shard))
         if not m or not int(m.group(1)) < int(m.group(2)):
             raise InputError(f"{src}: shard: use i/n with 0 <= i < n, got {shard!r}")
+
+
+def _check_create_section(section: dict, src: str) -> None:
+    """A `create:` section (re-creation settings of self-improvement, reproduce's create stage):
+    CreateConfig's names, types and ranges."""
+    from .config import CreateConfig
+
+    names = {f.name for f in dataclasses.fields(CreateConfig)}
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise InputError(f"{src}: create: unknown setting(s) {', '.join(map(str, unknown))}")
+    section = dict(section)
+    size = section.get("resolution")
+    if isinstance(size, (int, list)) and not isinstance(size, bool):
+        section["resolution"] = (size, size) if isinstance(size, int) else tuple(size)
+    check_config(dataclasses.replace(CreateConfig(), **section), f"{src}: create")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .atomic import umask_mode
 from .backbone import Backbone
 
 
@@ -26,4 +27,5 @@ def save_diffusers_folder(backbone: Backbone, out: str | Path) -> Path:
         "scheduler": ["diffusers", "DDIMScheduler"],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=1))
+    umask_mode(out)  # safetensors writes its files private to their owner
     return out

@@ -26,9 +26,12 @@ def init_from_launcher(device: str = "auto") -> torch.device:
     """Join the launcher's process group (if any) and pick this process's device."""
     from accelerate import PartialState
 
+    from .devices import check_device, resolve_device
+
+    device = check_device(device)
     state = PartialState(cpu=device == "cpu")
     if device != "auto":
-        return torch.device(device)
+        return resolve_device(device)
     return state.device if state.num_processes > 1 else torch.device(best_device())
 
 

@@ -39,10 +39,17 @@ def backbone_fingerprint(unet: nn.Module, vae: nn.Module, tap_channels: dict[str
 def check_fingerprint(trained_on: dict | None, actual: dict, head_source: str, backbone_source: str) -> None:
     """InputError (one line) if a head trained on `trained_on` cannot be used with `actual`.
 
-    A head without a recorded fingerprint (made before fingerprints existed) is only checked for its
-    tap widths elsewhere (its weight shapes).
+    A head without a recorded fingerprint (made before fingerprints existed, or with it deleted from
+    its config) is only checked for its tap widths elsewhere (its weight shapes), with a note.
     """
     if not trained_on:
+        import sys
+
+        print(
+            f"diff2in1: note: {head_source}: its config records no backbone fingerprint, so only its "
+            f"tap widths are checked against {backbone_source}",
+            file=sys.stderr,
+        )
         return
     for key in ("tap_channels", "unet_channels", "latent_channels"):
         if key in trained_on and trained_on[key] != actual[key]:

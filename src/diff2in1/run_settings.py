@@ -112,10 +112,13 @@ def read_settings(path: str | Path, hint: str = "") -> dict[str, Any] | None:
     path, tail = Path(path), f"; {hint}" if hint else ""
     if not path.exists():
         return None
+    if path.suffix != ".json":  # YAML: the one config reader (UTF-8, size limit, no aliases)
+        from .config_reader import read_config_file
+
+        return read_config_file(path)
     try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable ({' '.join(str(e).split())}){tail}") from None
     if data is None:
         return {}

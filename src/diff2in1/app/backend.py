@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..imaging.files import read_image_float
 from ..inference.image_processor import RESIZE_MODES, resize_image
 from ..inference.pipeline import Diff2in1Pipeline, load_pipeline
+from .heap import trims_heap
 
 DEMO_BACKBONE = "tiny-scenes"
 DEMO_RESOLUTION = 128
@@ -167,9 +168,9 @@ def open_pipeline(
     """The page's model: a pipeline folder, a backbone + head, or (none given) the demo weights.
     Returns the pipeline, the demo note (None for the user's own weights) and a line naming the source."""
     from ..backbone import weights_dtype
-    from ..info import best_device
+    from ..devices import resolve_device
 
-    dev = torch.device(best_device() if device == "auto" else device)
+    dev = resolve_device(device)
     dtype = weights_dtype(mixed_precision)
     if pipeline is None and backbone is None and head is None:
         pipe, note = demo_pipeline(demo_train_steps, dev, dtype, log=log)
@@ -290,6 +291,7 @@ class AppBackend:
         return d
 
     # ------------------------------------------------------------------ perception
+    @trims_heap  # the server's size stays flat over requests (heap.py)
     def normals(
         self,
         paths: list[str | os.PathLike],
@@ -366,6 +368,7 @@ class AppBackend:
         return result
 
     # ------------------------------------------------------------------ generation
+    @trims_heap  # the server's size stays flat over requests (heap.py)
     def create(
         self,
         path: str | os.PathLike | None,

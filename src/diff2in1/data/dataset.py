@@ -50,6 +50,7 @@ from diff2in1.imaging.resize import (
     resize_nearest,
     resize_normals_research,
 )
+from diff2in1.regular_file import present
 
 OnError = Literal["raise", "skip"]
 ResizeMode = Literal["research", "nearest"]
@@ -173,13 +174,13 @@ class NormalsDataset(Dataset):
         """Validate one sample: decode its image and labels once, read its caption."""
         p = sample_paths(self.root, self.split, sample_id)
         w, h, _ = png_header(p.image, decode=True)  # any image mode is accepted and converted to RGB
-        if self.captions and p.caption.is_file():
+        if self.captions and present(p.caption):
             read_caption(p.caption)  # an undecodable caption fails here, not mid-run
         npy: Path | None = None
         if self.labels:
-            use_npy = p.normal_npy.is_file() if self.float_normals == "auto" else bool(self.float_normals)
+            use_npy = present(p.normal_npy) if self.float_normals == "auto" else bool(self.float_normals)
             if use_npy:
-                if not p.normal_npy.is_file():
+                if not present(p.normal_npy):
                     raise InputError(f"{p.normal_npy}: float normals missing for image {p.image}")
                 shape, dtype = npy_header(p.normal_npy)
                 if len(shape) != 3 or shape[-1] != 3 or not np.issubdtype(dtype, np.floating):
@@ -188,7 +189,7 @@ class NormalsDataset(Dataset):
                 npy = p.normal_npy
                 has_valid = bool(valid_mask_of(load_npy(p.normal_npy)).any())
             else:
-                if not p.normal_png.is_file():
+                if not present(p.normal_png):
                     raise InputError(f"{p.normal_png}: normal map missing for image {p.image}")
                 nw, nh, mode = png_header(p.normal_png)
                 if mode != "RGB":
@@ -202,7 +203,7 @@ class NormalsDataset(Dataset):
         else:
             has_valid = True
         return _Entry(
-            sample_id, p.image, p.normal_png, npy, p.caption, p.caption.is_file(), (h, w), has_valid
+            sample_id, p.image, p.normal_png, npy, p.caption, present(p.caption), (h, w), has_valid
         )
 
     # ------------------------------------------------------------------ access

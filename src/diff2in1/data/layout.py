@@ -38,6 +38,7 @@ from diff2in1.imaging.files import (
     save_text,
     to_hwc,
 )
+from diff2in1.regular_file import check_regular_file, present
 
 IMG_DIR = "img"
 NORM_DIR = "norm"
@@ -266,7 +267,11 @@ def write_sample(
 
 
 def read_caption(path: Path) -> str | None:
-    """The caption text (first line, stripped), or None when the file is missing."""
+    """The caption text (first line, stripped), or None when the file is missing. Only a regular
+    file is read (a FIFO named like a caption is refused, not opened)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    check_regular_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -279,7 +284,7 @@ def read_caption(path: Path) -> str | None:
 
 def read_normal(paths: SamplePaths, float_normals: FloatNormals = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(normal float32 HxWx3, mask bool HxW) from norm_npy (if allowed and present) or the PNG."""
-    use_npy = paths.normal_npy.is_file() if float_normals == "auto" else bool(float_normals)
+    use_npy = present(paths.normal_npy) if float_normals == "auto" else bool(float_normals)
     if use_npy:
         n = check_normal_array(load_npy(paths.normal_npy), paths.normal_npy)
         mask = valid_mask_of(n)
@@ -300,14 +305,14 @@ def read_sample(
     paths = sample_paths(root, split, sample_id)
     image = load_rgb(paths.image)
     normal = mask = kappa = None
-    if paths.normal_npy.is_file() or paths.normal_png.is_file():
+    if present(paths.normal_npy) or present(paths.normal_png):
         normal, mask = read_normal(paths, float_normals)
         if normal.shape[:2] != image.shape[:2]:
             raise InputError(
                 f"{paths.normal_png}: size {normal.shape[1]}x{normal.shape[0]} does not match image "
                 f"{paths.image} ({image.shape[1]}x{image.shape[0]})"
             )
-    if paths.kappa.is_file():
+    if present(paths.kappa):
         kappa = load_npy(paths.kappa).astype(np.float32)
     depth = classes = None
     if all_labels:

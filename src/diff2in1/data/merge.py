@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
-from ..atomic import disk_error
+from ..atomic import TMP_SUFFIX, TMP_TAG, disk_error
 from ..errors import InputError
 from ..path_overlap import refuse_overlap
 from .labels import CLASSES_FILE
@@ -22,7 +23,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
         return
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}{TMP_TAG}{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")  # ours alone (atomic.py)
     try:
         try:
             os.link(src, tmp)

@@ -273,7 +273,8 @@ class NormalHead(ModelMixin, ConfigMixin):
 
 
 def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], source: str | Path) -> None:
-    """InputError naming `source` if `state` misses/adds keys or differs in shape from `expected`."""
+    """InputError naming `source` if `state` misses/adds keys, differs in shape from `expected`, or
+    stores integers where floats are expected (or the reverse)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     problems = []
@@ -288,6 +289,14 @@ def check_state_dict(expected: dict[str, Tensor], state: dict[str, Tensor], sour
     ]
     if shapes:
         problems.append(f"shape mismatches {short_list(shapes)}")
+    # A header that declares integers over float data (or the reverse) would load as garbage values.
+    kinds = [
+        f"{k}: {str(state[k].dtype).removeprefix('torch.')} vs expected {str(v.dtype).removeprefix('torch.')}"
+        for k, v in expected.items()
+        if k in state and state[k].is_floating_point() != v.is_floating_point()
+    ]
+    if kinds:
+        problems.append(f"stored dtype mismatches {short_list(kinds)}")
     if problems:
         raise InputError(f"{source}: does not match the head ({'; '.join(problems)})")
 

@@ -12,6 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from diff2in1.atomic import TMP_SUFFIX, atomic_write, save_text  # noqa: F401  (re-exported)
 from diff2in1.errors import InputError
+from diff2in1.limits import MAX_IMAGE_PIXELS
+from diff2in1.regular_file import check_regular_file
 
 
 def save_png(path: str | os.PathLike, pixels: np.ndarray) -> None:
@@ -44,10 +46,20 @@ def image_errors(name: str | os.PathLike, what: str = "cannot decode image") -> 
         raise InputError(f"{name}: {what} ({type(e).__name__}: {msg})") from None
 
 
-def png_header(path: str | os.PathLike, decode: bool = False) -> tuple[int, int, str]:
+def _too_large(name: str | os.PathLike, w: int, h: int, limit: int | None) -> None:
+    if limit is not None and w * h > limit:
+        raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {limit:,} pixels)")
+
+
+def png_header(
+    path: str | os.PathLike, decode: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[int, int, str]:
     """(width, height, PIL mode) from the file header; `decode=True` also decodes the pixels once,
-    so a truncated or corrupt file fails here (at the start of a run) and not mid-run."""
+    so a truncated or corrupt file fails here (at the start of a run) and not mid-run. Only a
+    regular file is opened; one over `max_pixels` pixels is refused before decoding."""
+    check_regular_file(path)
     with image_errors(path, "not a readable image"), Image.open(path) as img:
+        _too_large(path, *img.size, max_pixels)
         if decode:
             img.load()
         return img.size[0], img.size[1], img.mode
@@ -55,6 +67,7 @@ def png_header(path: str | os.PathLike, decode: bool = False) -> tuple[int, int,
 
 def npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of a .npy file from its header only (memory map, no read)."""
+    check_regular_file(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -128,20 +141,20 @@ def pil_to_float(img: Image.Image, name: str) -> np.ndarray:
 def read_image_float(
     path: str | os.PathLike,
     *,
-    max_pixels: int | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
     exif_transpose: bool = False,
     name: str | None = None,
 ) -> np.ndarray:
     """Decode an image file to float32 HxWx3 RGB in [0, 1] (see `pil_to_float`).
 
-    `max_pixels` is checked on the header before decoding; `exif_transpose` applies the EXIF
-    orientation tag. Every failure is an InputError naming `name` (default: the path).
+    Only a regular file is opened; `max_pixels` is checked on the header before decoding;
+    `exif_transpose` applies the EXIF orientation tag. Every failure is an InputError naming
+    `name` (default: the path).
     """
     name = str(path) if name is None else name
+    check_regular_file(path, name)
     with image_errors(name), Image.open(path) as img:
-        w, h = img.size
-        if max_pixels is not None and w * h > max_pixels:
-            raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {max_pixels})")
+        _too_large(name, *img.size, max_pixels)
         img.load()
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
@@ -155,7 +168,9 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 def load_png_rgb_strict(path: str | os.PathLike) -> np.ndarray:
     """Decode a PNG that must be 8-bit RGB (normal maps): uint8 HxWx3, else InputError."""
+    check_regular_file(path)
     with image_errors(path), Image.open(path) as img:
+        _too_large(path, *img.size, MAX_IMAGE_PIXELS)
         if img.mode != "RGB":
             raise InputError(f"{path}: expected an 8-bit RGB image (3 channels), got mode {img.mode}")
         img.load()
@@ -163,7 +178,8 @@ def load_png_rgb_strict(path: str | os.PathLike) -> np.ndarray:
 
 
 def load_npy(path: str | os.PathLike) -> np.ndarray:
-    """Load a .npy file (no pickles), InputError on failure."""
+    """Load a .npy file (no pickles), InputError on failure; only a regular file is opened."""
+    check_regular_file(path)
     try:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:

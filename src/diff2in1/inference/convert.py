@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import TMP_SUFFIX
+from ..atomic import TMP_MARKER, is_our_temp, umask_mode
 from ..errors import InputError
 from ..fingerprint import backbone_fingerprint
 from ..heads import NormalHead, load_research_checkpoint
@@ -22,13 +22,19 @@ def _fresh_out(out: str | Path, *inputs: str | Path) -> Path:
 
 
 def _save(pipe: Diff2in1Pipeline, out: Path) -> Path:
-    """Write into a temporary sibling folder, then rename: a crash leaves no half pipeline."""
-    tmp = out.with_name(out.name + TMP_SUFFIX)
-    if tmp.exists():
+    """Write into a temporary sibling folder, then rename: a crash leaves no half pipeline. Only a
+    temp folder of ours (tagged name and marker, atomic.py) is ever removed; files get the umask's
+    permissions."""
+    tmp = out.with_name(f".{out.name}.diff2in1-tmp")
+    if is_our_temp(tmp):
         import shutil
 
         shutil.rmtree(tmp)
+    tmp.mkdir()  # fails (one line, main's OSError) on a user's folder of that name: nothing deleted
+    (tmp / TMP_MARKER).touch()
     pipe.save_pretrained(tmp)
+    (tmp / TMP_MARKER).unlink()
+    umask_mode(tmp)
     if out.exists():
         out.rmdir()  # empty, checked by _fresh_out
     tmp.rename(out)

@@ -35,6 +35,7 @@ from diff2in1.imaging.resize import (
     resize_map,
     resize_normals,
 )
+from diff2in1.limits import MAX_IMAGE_PIXELS
 from diff2in1.viz import (
     UNCERTAINTY_MAX_DEG,
     add_colorbar,
@@ -44,7 +45,7 @@ from diff2in1.viz import (
     normal_to_rgb,
 )
 
-DEFAULT_MAX_PIXELS = 64_000_000  # 64 megapixels
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS  # 64 megapixels (limits.py)
 RESIZE_MODES = ("squash", "keep_aspect")
 _TENSOR_RANGE_TOL = 1e-5  # float tensors may overshoot [-1, 1] by rounding; clamped
 

@@ -18,10 +18,16 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..path_overlap import refuse_overlap
+from ..regular_file import check_regular_file
 from .pipeline import Diff2in1Pipeline
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = ("_normal.png", "_normal16.png", "_uncertainty.png")
+
+
+def is_prediction_file(name: str) -> bool:
+    """Whether `name` is one of the files `predict` writes per input (see the module docstring)."""
+    return name.endswith((*OUTPUT_SUFFIXES, "_normal.npy", "_kappa.npy"))
 
 
 @dataclass
@@ -44,18 +50,28 @@ def collect_images(inputs: Iterable[str | Path], out: str | Path | None = None) 
     found: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            # Not only regular files: a FIFO or socket named like an image is named when read.
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
         elif p.is_file():
             if p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputError(f"{p}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
             found.append(p)
-        elif p.is_symlink():
-            raise InputError(f"{p}: broken link")
+        elif p.is_symlink() or p.exists():
+            check_regular_file(p)  # a broken link or a special file: one line naming it
         else:
             raise InputError(f"{p}: no such file or folder")
     if not found:
         raise InputError("no images found in " + ", ".join(map(str, inputs)))
     return found
+
+
+def check_images(files: list[Path]) -> None:
+    """Read each file's header (no pixels): a special file, an image over the pixel limit
+    (limits.py) or an unreadable one is refused before any model loads."""
+    from ..imaging.files import png_header
+
+    for f in files:
+        png_header(f)
 
 
 def output_stems(files: list[Path]) -> list[str]:

@@ -41,6 +41,9 @@ METRIC_LABELS = {
     "a30": "<30",
 }
 
+# The files `evaluate` writes into its output folder.
+EVAL_FILES = ("metrics.json", "per_image.csv", "grid.png", "calibration.json", "calibration.png")
+
 
 @dataclass
 class EvalResult:
@@ -169,6 +172,5 @@ def evaluate(
         )
         save_text(out / "calibration.json", json.dumps(calibration, indent=1))
         save_png(reliability_plot({"head": calibration}), out / "calibration.png")
-        names = ("metrics.json", "per_image.csv", "grid.png", "calibration.json", "calibration.png")
-        result.files = {k: str(out / k) for k in names}
+        result.files = {k: str(out / k) for k in EVAL_FILES}
     return result

@@ -22,6 +22,7 @@ from ..data import NormalsDataset
 from ..errors import InputError
 from ..heads import NormalHead, build_head
 from ..losses import head_loss
+from ..model_files import refuse_pickled_components
 from ..path_overlap import refuse_overlap
 from ..pseudo_labels import label_weights, normal_confidence
 from ..training.feature_cache import PosteriorCache
@@ -112,9 +113,24 @@ def train_self_improve(
     synthetic = [Tagged(d, False) for d in synthetic_dataset(cfg.synthetic, cfg.resolution, cfg.resize)]
     n_synthetic = sum(len(d) for d in synthetic) or len(original) * cfg.create.get("samples_per_image", 1)
     check_batches(len(original) + n_synthetic, cfg)
-    refuse_overlap(cfg.out, data=cfg.data, synthetic=list(cfg.synthetic), init=cfg.init)
+    models = {"init": cfg.init, "backbone": cfg.backbone}  # model folders are inputs too
+    refuse_overlap(cfg.out, data=cfg.data, synthetic=list(cfg.synthetic), **models)
+    refuse_pickled_components(cfg.backbone)  # before any model loads
     run = RunDir(cfg.out)
-    run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+    with run.lock():  # one command per run folder, released on any exit
+        run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+        return _train_self_improve(cfg, run, original, synthetic, resume, backbone)
+
+
+def _train_self_improve(
+    cfg: SelfImproveConfig,
+    run: RunDir,
+    original: Tagged,
+    synthetic: list[Tagged],
+    resume: bool,
+    backbone: Backbone | None,
+) -> LoopResult:
+    """`train_self_improve` once the data and the locked run folder are checked."""
     accelerator = make_accelerator(cfg)
     backbone = backbone or load_backbone(
         cfg.backbone, device=accelerator.device, dtype=weights_dtype(cfg.mixed_precision)

@@ -11,6 +11,7 @@ from ..config import WarmupConfig
 from ..data import NormalsDataset
 from ..heads import build_head
 from ..losses import head_loss
+from ..model_files import refuse_pickled_components
 from ..path_overlap import refuse_overlap
 from ..taps import TapFeatures
 from ..training.feature_cache import FeatureCache, PosteriorCache
@@ -81,9 +82,19 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
         cfg.data, cfg.split, size=cfg.resolution, on_error=on_error, resize=cfg.resize, captions=False
     )
     check_batches(len(dataset), cfg)
-    refuse_overlap(cfg.out, data=cfg.data, head=cfg.head if cfg.head not in ("reference", "small") else None)
+    head_path = cfg.head if cfg.head not in ("reference", "small") else None
+    refuse_overlap(cfg.out, data=cfg.data, head=head_path, backbone=cfg.backbone)
+    refuse_pickled_components(cfg.backbone)  # before any model loads
     run = RunDir(cfg.out)
-    run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+    with run.lock():  # one command per run folder, released on any exit
+        run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
+        return _train_warmup(cfg, run, dataset, resume, backbone)
+
+
+def _train_warmup(
+    cfg: WarmupConfig, run: RunDir, dataset: NormalsDataset, resume: bool, backbone: Backbone | None
+) -> LoopResult:
+    """`train_warmup` once the data and the locked run folder are checked."""
     accelerator = make_accelerator(cfg)
     backbone = backbone or load_backbone(
         cfg.backbone, device=accelerator.device, dtype=weights_dtype(cfg.mixed_precision)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import InputError
+from ..limits import cap_workers
 from .run_folder import RunDir, atomic_dir, optimizer_from_tensors, optimizer_to_tensors
 
 
@@ -169,6 +170,7 @@ def run_training(
         return out
 
     world, rank = accelerator.num_processes, accelerator.process_index
+    workers = cap_workers(cfg.num_workers)
     done = cfg.max_steps and step >= cfg.max_steps
     position = (start_epoch, start_batch)  # the next batch to train: what a resume starts from
     try:
@@ -191,7 +193,7 @@ def run_training(
             loader = DataLoader(
                 dataset,
                 batch_sampler=sampler,
-                num_workers=cfg.num_workers,
+                num_workers=workers,
                 pin_memory=accelerator.device.type == "cuda",
             )
             first = sampler.start

@@ -5,6 +5,10 @@ A run folder holds:
   state/               the latest resumable state (head(s), optimizer, counters, RNG)
   checkpoints/         kept head checkpoints, one folder per epoch (`epoch_0005/...`)
   log.csv              one row per optimizer step
+  .diff2in1.lock       held while a command runs in the folder (see run_lock.py)
+
+A folder that exists and holds anything else is not taken as a run folder: nothing of the
+user's is overwritten or deleted.
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_path, clean_stale_tmp, disk_error, save_text
+from ..atomic import TMP_MARKER, atomic_path, clean_stale_tmp, disk_error, is_our_temp, save_text, umask_mode
+from ..config_reader import read_config_file
 from ..errors import InputError
+from ..run_lock import LOCK_NAME, RunLock
 from ..run_settings import TRAINING_FREE, check_settings, read_settings
+
+
+def _set_aside_names(path: Path) -> tuple[Path, Path]:
+    """The temp folder and the set-aside old folder of `atomic_dir(path)` (tagged: see atomic.py)."""
+    return path.with_name(f".{path.name}.diff2in1-tmp"), path.with_name(f".{path.name}.diff2in1-old")
 
 
 @contextmanager
@@ -32,24 +43,38 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path`.
 
     The old folder is moved aside first and deleted after, so a crash leaves either the old
-    or the new folder complete (plus a stray `.old`/`.tmp` folder that the next call removes).
+    or the new folder complete (plus a stray tagged folder that the next call removes). Only
+    folders holding our marker file are ever removed: a user's folder of the same name stays.
+    Files get the umask's permissions.
     """
     path = Path(path)
-    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    tmp, old = _set_aside_names(path)
+    made = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in (tmp, old):
-            shutil.rmtree(stale, ignore_errors=True)
+            if is_our_temp(stale):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
+        made = True
+        (tmp / TMP_MARKER).touch()
         yield tmp
+        (tmp / TMP_MARKER).unlink()
+        umask_mode(tmp)
         if path.exists():
+            (path / TMP_MARKER).touch()  # marks the set-aside copy as ours to delete
             path.rename(old)
         tmp.rename(path)
+        made = False
         shutil.rmtree(old, ignore_errors=True)
     except OSError as e:  # a full disk or a read-only folder: one line, the old folder kept
+        if made and old.is_dir() and not path.exists():  # set aside, but the new one not in place
+            (old / TMP_MARKER).unlink(missing_ok=True)
+            old.rename(path)
         raise disk_error(path, e) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def to_plain(obj: Any) -> Any:
@@ -80,10 +105,43 @@ class RunDir:
         return self.root / "state"
 
     def has_state(self) -> bool:
-        old = self.state_dir.with_name(f".{self.state_dir.name}.old")
-        if not self.state_dir.exists() and (old / "state.json").exists():
-            old.rename(self.state_dir)  # killed between the two renames of a state save: the last one
+        for old in (_set_aside_names(self.state_dir)[1], self.state_dir.with_name(".state.old")):
+            if not self.state_dir.exists() and (old / "state.json").exists():
+                # Killed between the two renames of a state save: that was the last state.
+                (old / TMP_MARKER).unlink(missing_ok=True)
+                old.rename(self.state_dir)
         return (self.state_dir / "state.json").exists()
+
+    def _looks_like_run(self) -> bool:
+        """A config.yaml of ours: a mapping with the settings every run records."""
+        try:
+            saved = read_config_file(self.config_path)
+        except InputError:
+            return False
+        return {"data", "backbone", "out", "seed"} <= set(saved)
+
+    def check_folder(self) -> None:
+        """Refuse, before anything is written, an --out that is a file, or an existing folder
+        holding things that are not a run of ours (the user's files stay untouched)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"{self.root}: exists and is not a folder; choose another --out")
+        if not self.root.is_dir() or self._looks_like_run():
+            return
+        others = sorted(
+            (p.name for p in self.root.iterdir() if p.name != LOCK_NAME and not is_our_temp(p)),
+            key=lambda n: (n.startswith("."), n),  # visible names first: what the user will recognise
+        )
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise InputError(
+                f"--out {self.root}: an existing folder that is not a diff2in1 run (holds {shown}); "
+                "choose a new or empty folder"
+            )
+
+    def lock(self) -> RunLock:
+        """`with run.lock():` the folder checked (`check_folder`) and locked for this command."""
+        self.check_folder()
+        return RunLock(self.root)
 
     def _is_empty_run(self) -> bool:
         """A config.yaml but nothing trained and saved: a run that failed before its first save."""
@@ -93,8 +151,7 @@ class RunDir:
         """Refuse, before any work: a new run in a folder that holds one (nothing is overwritten),
         or a resume with nothing to resume or with changed settings. Paths are compared resolved
         (`./data` = `data`), and the run folder's own path is not compared (a moved run resumes)."""
-        if self.root.exists() and not self.root.is_dir():
-            raise InputError(f"{self.root}: exists and is not a folder; choose another --out")
+        self.check_folder()
         plain = to_plain(config)
         if resume:
             if not self.config_path.exists():

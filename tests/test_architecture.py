@@ -1,4 +1,4 @@
-"""docs/architecture.md stays true: its import rules hold and it names every module."""
+"""docs/architecture.md stays true: its import rules hold, it names every module, modules stay small."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ PKG = ROOT / "src" / "diff2in1"
 DOC = ROOT / "docs" / "architecture.md"
 
 # package (first path part under src/diff2in1) -> packages it may never import
+MAX_LINES = 600
 FORBIDDEN = {
     "imaging": {"data", "inference", "stages", "training", "workflows", "app", "cli"},
     "data": {"inference", "stages", "training", "workflows", "app", "cli"},
@@ -89,3 +90,14 @@ def test_every_import_of_the_package_resolves(path: Path) -> None:
         if not (module_file.with_suffix(".py").is_file() or (module_file / "__init__.py").is_file()):
             missing.append(f"line {node.lineno}: {target}")
     assert not missing, f"{path.relative_to(PKG)} imports modules that do not exist: {missing}"
+
+
+def test_modules_stay_small_or_say_why() -> None:
+    long = []
+    for path in _modules():
+        text = path.read_text()
+        if text.count("\n") > MAX_LINES:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "longer than" not in doc:  # the docstring must say why it is one module
+                long.append(f"{path.relative_to(PKG)} ({text.count(chr(10))} lines)")
+    assert not long, f"modules over {MAX_LINES} lines without a reason in their docstring: {long}"

@@ -68,3 +68,24 @@ def test_check_recorded_compares_an_existing_record_only(tmp_path):
     assert check_recorded(path, {"seed": 1, "batch_size": 8}, "refused", only=["seed"])
     with pytest.raises(InputError, match=r"^refused \(seed: 1 -> 2\); hint$"):
         check_recorded(path, {"seed": 2}, "refused", "hint", only=["seed"])
+
+
+def test_a_record_made_before_a_setting_existed_counts_it_as_its_default(tmp_path):
+    from dataclasses import dataclass
+
+    import yaml
+
+    from diff2in1.training.run_folder import RunDir
+
+    @dataclass
+    class Cfg:
+        lr: float = 0.1
+        weighting: str = "research"  # a setting newer than the record below
+
+    run = RunDir(tmp_path / "run")
+    (run.state_dir).mkdir(parents=True)
+    (run.state_dir / "state.json").write_text("{}")
+    run.config_path.write_text(yaml.safe_dump({"lr": 0.1}))  # written before `weighting` existed
+    run.check(Cfg(), resume=True)  # at its default: the old run resumes
+    with pytest.raises(InputError, match=r"weighting: None -> 'other'"):
+        run.check(Cfg(weighting="other"), resume=True)

@@ -6,11 +6,13 @@ study's `settings.json`). Continuing it compares the new settings with the recor
 refuses, in one line naming each differing setting, unless they agree. Paths are compared
 resolved (`./data/` = `data`); nested sections are compared setting by setting (`create.steps`).
 A command compares either every setting but those that may change (`free`), or only the
-settings that define what it makes (`only`).
+settings that define what it makes (`only`). A setting the record lacks (a folder made before the
+setting existed) counts as its default, so such folders still continue when it is left at that.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -53,23 +55,36 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def defaults_of(config: Any) -> dict[str, Any]:
+    """The default of each field of a dataclass instance that has one (what a record written
+    before the field existed stands for)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 def changed_settings(
     recorded: Mapping[str, Any],
     current: Mapping[str, Any],
     only: Collection[str] | None = None,
     free: Collection[str] = (),
+    defaults: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The (dotted) names of the settings that differ: those in `only`, else every current setting
-    but the `free` ones (a name in `free` frees it in every section too). A setting missing on one
-    side compares as None."""
-    old, new = flatten(recorded), flatten(current)
+    but the `free` ones (a name in `free` frees it in every section too). A setting the record
+    lacks counts as its entry in `defaults`, else None; one missing from `current` as None."""
+    old, new, dflt = flatten(recorded), flatten(current), flatten(defaults or {})
     names = only if only is not None else new
     return [
         k
         for k in names
         if k not in free
         and k.rsplit(".", 1)[-1] not in free
-        and comparable(old.get(k)) != comparable(new.get(k))
+        and comparable(old[k] if k in old else dflt.get(k)) != comparable(new.get(k))
     ]
 
 
@@ -81,10 +96,11 @@ def check_settings(
     only: Collection[str] | None = None,
     free: Collection[str] = (),
     labels: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> None:
     """InputError `"<refusal> (<name>: <old> -> <new>, ...); <hint>"` if any setting differs
     (see `changed_settings`); `labels` gives some settings a name for the message."""
-    changed = changed_settings(recorded, current, only, free)
+    changed = changed_settings(recorded, current, only, free, defaults)
     if not changed:
         return
     old, new, labels = flatten(recorded), flatten(current), labels or {}

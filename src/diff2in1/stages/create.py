@@ -37,7 +37,7 @@ from ..errors import InputError
 from ..fingerprint import check_head
 from ..heads import NormalHead
 from ..path_overlap import refuse_overlap
-from ..run_settings import check_recorded, record_settings
+from ..run_settings import check_recorded, defaults_of, record_settings
 from ..training.loop import mix_seed
 from ..training.run_folder import to_plain
 from ..viz import add_colorbar, grid, image_to_rgb, normal_to_rgb, save_png, uncertainty_to_rgb
@@ -130,6 +130,7 @@ def check_or_record_settings(
         "finish it with the same settings or use another --out",
         only=[*DEFINING, "backbone_fingerprint"] + (["head_fingerprint"] if strict else []),
         labels={"backbone_fingerprint": "backbone weights", "head_fingerprint": "head weights"},
+        defaults=to_plain(defaults_of(cfg)),
     ):
         return
     if out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):

@@ -30,7 +30,7 @@ from ..atomic import TMP_MARKER, atomic_path, clean_stale_tmp, disk_error, is_ou
 from ..config_reader import read_config_file
 from ..errors import InputError
 from ..run_lock import LOCK_NAME, RunLock
-from ..run_settings import TRAINING_FREE, check_settings, read_settings
+from ..run_settings import TRAINING_FREE, check_settings, defaults_of, read_settings
 
 
 def _set_aside_names(path: Path) -> tuple[Path, Path]:
@@ -163,7 +163,11 @@ class RunDir:
                 )
             saved = read_settings(self.config_path) or {}
             check_settings(
-                saved, plain, f"{self.config_path}: --resume with different settings", free=TRAINING_FREE
+                saved,
+                plain,
+                f"{self.config_path}: --resume with different settings",
+                free=TRAINING_FREE,
+                defaults=to_plain(defaults_of(config)) if dataclasses.is_dataclass(config) else None,
             )
         elif self.config_path.exists() and not self._is_empty_run():
             raise InputError(f"{self.root}: already holds a run; use --resume or another --out")

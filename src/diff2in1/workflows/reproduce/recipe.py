@@ -20,7 +20,7 @@ from ...config import (
 )
 from ...config_check import check_config
 from ...errors import InputError
-from ...run_settings import REPRODUCE_FREE, check_recorded, record_settings
+from ...run_settings import REPRODUCE_FREE, check_recorded, defaults_of, record_settings
 from ...training.run_folder import to_plain
 
 STAGE_CLASSES = {
@@ -156,6 +156,9 @@ def record_config(cfg: ReproduceConfig, dry_run: bool) -> None:
         f"{path}: this folder holds a reproduction with other settings",
         "run it with the same settings to continue, or use another --out",
         free=REPRODUCE_FREE,
+        defaults=to_plain(
+            {**defaults_of(cfg), **{name: defaults_of(cls()) for name, cls in STAGE_CLASSES.items()}}
+        ),
     ):
         return
     if root.exists() and not root.is_dir():

@@ -129,6 +129,25 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--head", help="reference (research widths, default), small, or a head folder to start from"
     )
+    p.add_argument(
+        "--tasks",
+        help="heads to train on one backbone pass, comma-separated from normals, depth, segmentation "
+        "(default normals); each task's head is saved in <out>/head (normals), head_depth, "
+        "head_segmentation",
+    )
+    for task in ("normals", "depth", "segmentation"):
+        p.add_argument(f"--{task}-weight", type=float, help=f"weight of the {task} loss (default 1)")
+    for task in ("depth", "segmentation"):
+        p.add_argument(
+            f"--{task}-head",
+            help=f"reference, small or a {task} head folder to start from (default: --head's preset, "
+            "reference when --head is a folder)",
+        )
+    p.add_argument(
+        "--depth-loss",
+        choices=["laplace_nll", "gaussian_nll"],
+        help="likelihood of ln(depth) with a per-pixel scale (default laplace_nll)",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from .config import WarmupConfig, load_config
@@ -139,7 +158,10 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
         result = train_warmup(cfg, resume=a.resume)
         for sample_id, reason in result.skipped:
             print(f"skipped {sample_id}: {reason}")
-        print(f"trained {result.steps} steps; head saved to {result.outputs.get('head')}")
+        if cfg.tasks != "normals":
+            print("samples with labels: " + ", ".join(f"{t} {n}" for t, n in result.label_counts.items()))
+        saved = ", ".join(result.outputs.values())
+        print(f"trained {result.steps} steps; head{'s' if len(result.outputs) > 1 else ''} saved to {saved}")
 
     p.set_defaults(func=run)
 

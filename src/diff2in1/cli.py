@@ -169,7 +169,11 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
 def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
     p.add_argument(
-        "--head", required=True, help="head folder (config.json + diffusion_pytorch_model.safetensors)"
+        "--head",
+        required=True,
+        action="append",
+        help="head folder (config.json + diffusion_pytorch_model.safetensors); repeat it for a head "
+        "set, one head per task (e.g. a train-warmup --tasks run's head, head_depth, head_segmentation)",
     )
     p.add_argument(
         "--resolution", type=_size, help="model input size (default: the size the head was trained at)"
@@ -188,12 +192,24 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
 
 def _predictor(a: argparse.Namespace):
     from .backbone import autocast_dtype
-    from .inference.predictor import NormalPredictor
+    from .inference.predictor import NormalPredictor, TaskPredictor
 
     amp = autocast_dtype(a.mixed_precision)
-    return NormalPredictor.from_paths(
-        a.backbone, a.head, device=a.device, resolution=a.resolution, seed=a.seed, autocast_dtype=amp
-    )
+    kw = {"device": a.device, "resolution": a.resolution, "seed": a.seed, "autocast_dtype": amp}
+    if len(a.head) == 1 and _head_tasks(a.head) == ("normals",):
+        return NormalPredictor.from_paths(a.backbone, a.head[0], **kw)
+    return TaskPredictor.from_paths(a.backbone, a.head, **kw)
+
+
+def _head_tasks(heads: list[str]) -> tuple[str, ...]:
+    """The tasks of head folders (one-line errors for a folder that is no head, or two of a task)."""
+    from .heads.dense_head import folder_task
+
+    tasks = [folder_task(h) for h in heads]
+    for i, t in enumerate(tasks):
+        if t in tasks[:i]:
+            raise InputError(f"--head {heads[i]}: a second {t} head; give one head per task")
+    return tuple(t for t in ("normals", "depth", "segmentation") if t in tasks)
 
 
 @command(
@@ -212,20 +228,36 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out unreadable or unpaired samples (listed at the end) instead of stopping",
     )
+    p.add_argument(
+        "--max-depth",
+        type=float,
+        default=10.0,
+        help="depth: ground truth beyond this many metres is left out (default 10, as for NYUv2)",
+    )
+    p.add_argument(
+        "--eigen-crop", action="store_true", help="depth: only pixels inside the Eigen crop (default: all)"
+    )
     _predictor_args(p)
 
     def run(a: argparse.Namespace) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
+        from .data.multitask import MultiTaskDataset
         from .path_overlap import refuse_overlap
-        from .stages.evaluate import evaluate, format_table
+        from .stages.evaluate import evaluate, tables_markdown
 
+        if not a.max_depth > 0:
+            raise InputError(f"--max-depth: must be a positive number of metres, got {a.max_depth}")
+        tasks = _head_tasks(a.head)
         # Bad data fails before any model loads.
-        NormalsDataset(
-            a.data, a.split, size=None, on_error="skip" if a.skip_bad_samples else "raise", captions=False
-        )
-        out = a.out or str(Path(a.head).with_name(f"{Path(a.head).resolve().name}_eval_{a.split}"))
+        on_error = "skip" if a.skip_bad_samples else "raise"
+        if tasks == ("normals",):
+            NormalsDataset(a.data, a.split, size=None, on_error=on_error, captions=False)
+        else:
+            MultiTaskDataset(a.data, a.split, tasks, size=None, on_error=on_error, captions=False)
+        first = Path(a.head[0])
+        out = a.out or str(first.with_name(f"{first.resolve().name}_eval_{a.split}"))
         refuse_overlap(out, data=a.data, head=a.head, backbone=a.backbone)
         result = evaluate(
             _predictor(a),
@@ -236,9 +268,17 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
             progress=a.progress,
             limit=a.limit,
             skip_bad_samples=a.skip_bad_samples,
+            max_depth=a.max_depth,
+            eigen_crop=a.eigen_crop,
         )
-        print(format_table({Path(a.head).name: result.metrics}))
-        print(f"{result.metrics['pixels']} pixels; written to {out}")
+        if tasks == ("normals",):
+            from .stages.evaluate import format_table
+
+            print(format_table({first.name: result.metrics}))
+            print(f"{result.metrics['pixels']} pixels; written to {out}")
+        else:
+            print(tables_markdown(result, first.name))
+            print(f"written to {out}")
         for sample_id, reason in result.skipped:
             print(f"skipped {sample_id}: {reason}")
 

@@ -295,7 +295,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
         "tiny-scenes (default when no model is given: the shipped demo weights, procedural scenes only)",
     )
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
-    p.add_argument("--head", help="head folder (with --backbone)")
+    p.add_argument(
+        "--head",
+        action="append",
+        help="head folder (with --backbone); repeat it for a head set, one head per task "
+        "(normals, depth, segmentation): every task is predicted from one backbone pass",
+    )
     p.add_argument("--resolution", type=int, help="model input size (default: the head's own)")
     p.add_argument(
         "--resize-mode",
@@ -317,15 +322,40 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-bad-files", action="store_true", help="skip unreadable images (listed) instead of stopping"
     )
+    p.add_argument(
+        "--point-cloud",
+        action="store_true",
+        help="also write <stem>.ply per image: a point per pixel with depth, its colour and normal "
+        "(needs a depth head)",
+    )
+    p.add_argument(
+        "--intrinsics",
+        help="camera of the point clouds: fx,fy,cx,cy in pixels of the input image (default: NYUv2's "
+        "Kinect camera, 518.86,519.47,325.58,253.74 at 640x480, scaled to each image, since the "
+        "heads are trained on NYUv2-like data)",
+    )
+    p.add_argument(
+        "--fov", type=float, help="camera of the point clouds: horizontal field of view in degrees instead"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
         from .inference.pipeline import load_pipeline
+        from .inference.point_cloud import Intrinsics
         from .inference.predict_files import collect_images, predict_files
         from .inference.sources import DEMO_NOTE
 
+        if a.intrinsics is not None and a.fov is not None:
+            raise InputError("--intrinsics and --fov: give one camera, not both")
+        if (a.intrinsics is not None or a.fov is not None) and not a.point_cloud:
+            raise InputError("--intrinsics / --fov: only used with --point-cloud")
+        intrinsics = Intrinsics.parse(a.intrinsics) if a.intrinsics is not None else None
+        if a.fov is not None:
+            Intrinsics.from_fov(1, 1, a.fov)  # checks the range before any model loads
+        if a.point_cloud and a.head and "depth" not in _head_tasks(a.head):
+            raise InputError("--point-cloud: needs a depth head (--head of a depth head folder)")
         if a.ensemble_size < 1 or a.batch_size < 1:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
         if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
@@ -348,6 +378,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
             seed=a.seed,
             skip_bad_files=a.skip_bad_files,
             progress=a.progress,
+            point_clouds=a.point_cloud,
+            intrinsics=intrinsics,
+            fov=a.fov,
         )
         for _path, reason in res.skipped:
             print(f"skipped {reason}")
@@ -363,7 +396,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
 )
 def _export_pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
-    p.add_argument("--head", required=True, help="head folder")
+    p.add_argument(
+        "--head",
+        required=True,
+        action="append",
+        help="head folder; repeat it for a head set, one head per task (normals, depth, segmentation)",
+    )
     p.add_argument("--out", required=True, help="pipeline folder to write (must not exist or be empty)")
 
     def run(a: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ SETTINGS = dict(
     head="small",
     batch_size=8,
     lr=1e-3,
-    steps=160,  # 13 epochs of 96 scenes
+    steps=100,  # 8 epochs of 96 scenes
     feature_cache="memory",  # each image's taps once (fixed noise per image): the heads dominate
 )
 ARMS = {

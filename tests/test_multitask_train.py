@@ -47,6 +47,12 @@ def test_three_heads_train_save_and_resume(scenes_root, tmp_path, tiny_backbone)
     assert seg.config.class_names == [c["name"] for c in classes]
     assert load_head(folders["depth"]).config.likelihood == "laplace"
     assert all(torch.isfinite(torch.tensor(full.losses)))
+    # Frozen backbone, separate heads, per-weight Adam: the normal head of the three-task run is the
+    # one a normals-only run trains (same seed: same initial head, batches and noise).
+    train_warmup(_cfg(scenes_root, tmp_path / "alone", tasks="normals"), backbone=tiny_backbone)
+    a = load_file(tmp_path / "alone" / "head" / "diffusion_pytorch_model.safetensors")
+    b = load_file(folders["normals"] / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # Interrupted after 3 steps, resumed: the same losses and heads as the uninterrupted run.
     train_warmup(_cfg(scenes_root, tmp_path / "cut", max_steps=3), backbone=tiny_backbone)
     train_warmup(_cfg(scenes_root, tmp_path / "cut"), resume=True, backbone=tiny_backbone)

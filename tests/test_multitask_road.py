@@ -63,3 +63,19 @@ def test_train_evaluate_predict_point_cloud(scenes_root, tmp_path, capsys):
     assert main(["export-pipeline", "--backbone", "tiny", *head_flags, "--out", str(exported)]) == 0
     index = json.loads((exported / "model_index.json").read_text())
     assert index["depth_head"][1] == "DenseHead" and index["segmentation_head"][1] == "DenseHead"
+
+
+def test_point_cloud_flags_are_checked_before_any_model_loads(scenes_root, small_head_dir, tmp_path, capsys):
+    base = ["predict", str(scenes_root / "test" / "img"), "--out", str(tmp_path / "p"), "--backbone", "tiny"]
+    h = ["--head", str(small_head_dir)]
+    cases = [
+        ([*h, "--point-cloud"], "--point-cloud: needs a depth head"),
+        ([*h, "--point-cloud", "--fov", "200"], "--fov: must be between 0 and 180"),
+        ([*h, "--point-cloud", "--intrinsics", "1,2,3"], "--intrinsics: expected fx,fy"),
+        ([*h, "--fov", "60"], "only used with --point-cloud"),
+        ([*h, *h], "a second normals head"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -41,6 +41,7 @@ DEFAULT_RESOLUTION = 512  # the research code's, for heads that do not record th
 # The pipeline component holding each task's head.
 TASK_COMPONENTS = {"normals": "head", "depth": "depth_head", "segmentation": "segmentation_head"}
 ALL_TASKS = tuple(TASK_COMPONENTS)
+TASK_TAGS = {"depth": "depth-estimation", "segmentation": "semantic-segmentation"}  # model card tags
 
 
 @dataclass
@@ -106,6 +107,7 @@ class Diff2in1Pipeline(DiffusionPipeline):
         >>> out = pipe("photo.jpg")  # or a list of images, with batch_size=...
         >>> out.normals.shape, out.uncertainty.shape  # (1, H, W, 3) unit normals, (1, H, W, 1) degrees
         >>> normals, kappa, uncertainty = pipe("photo.jpg", return_dict=False)
+        >>> out = pipe("photo.jpg", tasks="normals,depth")  # with a depth head: out.depth in metres
 
         >>> new = pipe.create(["a.jpg", "b.jpg"], caption="a living room",
         ...                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
@@ -228,12 +230,14 @@ class Diff2in1Pipeline(DiffusionPipeline):
         """The README.md of a saved pipeline: YAML header (what the Hub reads) and usage."""
         hc = self.primary_head.config
         res = hc.processing_resolution or DEFAULT_RESOLUTION
+        tags = "".join(f"- {TASK_TAGS[t]}\n" for t in self.tasks if t in TASK_TAGS)
         return (
             "---\n"
             "library_name: diffusers\n"
             "pipeline_tag: image-to-image\n"
             "license: openrail\n"
             "tags:\n- surface-normals\n- diff-2-in-1\n- stable-diffusion\n- uncertainty\n"
+            f"{tags}"
             "---\n\n"
             "# Diff-2-in-1 pipeline (surface normals + data creation)\n\n"
             "One Stable Diffusion v1.x model for two jobs: surface normals with a per-pixel uncertainty\n"

@@ -57,6 +57,10 @@ def test_three_heads_train_save_and_resume(scenes_root, tmp_path, tiny_backbone)
     train_warmup(_cfg(scenes_root, tmp_path / "cut", max_steps=3), backbone=tiny_backbone)
     train_warmup(_cfg(scenes_root, tmp_path / "cut"), resume=True, backbone=tiny_backbone)
     assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "full"), rel=1e-6)
+    rows = list(csv.DictReader((tmp_path / "full" / "log.csv").open()))
+    for r in rows:  # each task's loss is logged; the loss is their sum (weights 1)
+        parts = [float(r[f"loss_{t}"]) for t in ("normals", "depth", "segmentation")]
+        assert float(r["loss"]) == pytest.approx(sum(parts), rel=1e-5)
     for name in ("head", "head_depth", "head_segmentation"):
         a = load_file(tmp_path / "full" / name / "diffusion_pytorch_model.safetensors")
         b = load_file(tmp_path / "cut" / name / "diffusion_pytorch_model.safetensors")

@@ -82,10 +82,19 @@ HEAD_FOLDERS = {"normals": "head", "depth": "head_depth", "segmentation": "head_
 
 
 def multitask_step(
-    backbone: Backbone, heads: dict, batch: dict, cfg, step: int, autocast, caches: StepCaches, tasks
+    backbone: Backbone,
+    heads: dict,
+    batch: dict,
+    cfg,
+    step: int,
+    autocast,
+    caches: StepCaches,
+    tasks,
+    task_losses: dict | None = None,
 ) -> torch.Tensor:
     """Weighted sum of every task's loss on one backbone pass: the taps are computed once and read
-    by each task's head. A sample without a task's label adds nothing to that task's loss."""
+    by each task's head. A sample without a task's label adds nothing to that task's loss.
+    `task_losses` (if given) receives each task's unweighted loss as `loss_<task>`."""
     device = backbone.device
     images = batch["image"].to(device, non_blocking=True)
     size = tuple(images.shape[-2:])
@@ -109,6 +118,8 @@ def multitask_step(
         else:
             out = head(feats, image_size=size)
             loss = segmentation_ce(out.logits, batch["classes"].to(device), present=present)
+        if task_losses is not None:
+            task_losses[f"loss_{task}"] = loss.detach()
         total = total + getattr(cfg, f"{task}_weight") * loss
     return total
 
@@ -166,6 +177,7 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
 
     caches = make_caches(cfg, run)
 
+    task_losses: dict[str, torch.Tensor] = {}  # each task's loss of the last step, for log.csv
     if tasks == ("normals",):
 
         def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
@@ -174,11 +186,20 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     else:
 
         def step_fn(models: dict, batch: dict, step: int) -> torch.Tensor:
-            return multitask_step(backbone, models, batch, cfg, step, accelerator.autocast, caches, tasks)
+            autocast = accelerator.autocast
+            return multitask_step(backbone, models, batch, cfg, step, autocast, caches, tasks, task_losses)
 
     names = list(heads)
     result = run_training(
-        cfg, run, dataset, heads, names[0] if len(names) == 1 else names, step_fn, accelerator, resume=resume
+        cfg,
+        run,
+        dataset,
+        heads,
+        names[0] if len(names) == 1 else names,
+        step_fn,
+        accelerator,
+        resume=resume,
+        log_extra=(lambda: task_losses) if len(tasks) > 1 else None,
     )
     result.skipped = list(dataset.skipped)
     result.label_counts = counts

@@ -129,6 +129,7 @@ def run_training(
     resume: bool = False,
     after_step: Callable[[int], None] | None = None,
     before_epoch: Callable[[int], Dataset | None] | None = None,
+    log_extra: Callable[[], dict[str, torch.Tensor]] | None = None,
 ) -> LoopResult:
     """Train `models[trained]` with Adam on `step_fn(models, batch, global_step) -> loss`.
 
@@ -139,6 +140,8 @@ def run_training(
     the self-improving stage, updated by `after_step(optimizer_steps)` after each optimizer step).
     `step` counts batches (with `grad_accum` > 1, several per optimizer step).
     `before_epoch(epoch)` may return a new dataset (re-created synthetic data).
+    `log_extra()` after a step: more scalar tensors for log.csv (e.g. each task's loss), averaged
+    over processes like the loss.
     """
     names = [trained] if isinstance(trained, str) else list(trained)
     opt = torch.optim.Adam([p for n in names for p in models[n].parameters()], lr=cfg.lr)
@@ -226,6 +229,10 @@ def run_training(
                     # With gradient accumulation, an optimizer step happens every grad_accum batches.
                     after_step(step // cfg.grad_accum)
                 value = float(accelerator.reduce(loss.detach(), "mean"))
+                extra = {
+                    k: float(accelerator.reduce(v.detach().float(), "mean"))
+                    for k, v in (log_extra() if log_extra is not None else {}).items()
+                }
                 losses.append(value)
                 if by_steps:
                     bar.set_description(_bar_label(cfg, epoch, step, by_steps), refresh=False)
@@ -237,6 +244,7 @@ def run_training(
                             "epoch": epoch + 1,
                             "batch": b + 1,
                             "loss": value,
+                            **extra,
                             "seconds": round(time.perf_counter() - t0, 4),
                         }
                     )

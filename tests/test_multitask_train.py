@@ -82,7 +82,11 @@ def test_task_weights_change_the_loss_and_normals_stays_the_default(scenes_root,
     assert WarmupConfig().tasks == "normals"
 
 
-def test_bad_task_settings_are_one_line_errors(scenes_root, tmp_path):
+def test_bad_task_settings_are_one_line_errors(scenes_root, tmp_path, small_head_dir):
+    cfg = _cfg(scenes_root, tmp_path / "r", depth_head=str(small_head_dir))
+    with pytest.raises(InputError, match=r"head: a normals head, but a depth head is expected here$"):
+        train_warmup(cfg)
+    assert not (tmp_path / "r").exists()  # refused before the run folder or any model
     with pytest.raises(InputError, match="tasks: must be a comma-separated list"):
         load_config(WarmupConfig, tasks="normals,edges")
     with pytest.raises(InputError, match="depth_weight: must be a number >= 0"):

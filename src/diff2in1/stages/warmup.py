@@ -12,7 +12,7 @@ from ..config import WarmupConfig
 from ..data import NormalsDataset
 from ..data.multitask import MultiTaskDataset, parse_tasks
 from ..errors import InputError
-from ..heads import build_head
+from ..heads import build_head, folder_task
 from ..heads.build import PRESETS
 from ..losses import depth_nll, head_loss, segmentation_ce
 from ..path_overlap import refuse_overlap
@@ -124,6 +124,13 @@ def multitask_step(
     return total
 
 
+def head_spec(cfg: WarmupConfig, task: str) -> str:
+    """What a task's head starts from: `head` for normals; `depth_head` / `segmentation_head`, by
+    default the preset of `head` (`reference` when `head` is a folder)."""
+    spec = cfg.head if task == "normals" else getattr(cfg, f"{task}_head")
+    return spec or (cfg.head if cfg.head in PRESETS else "reference")
+
+
 def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | None = None) -> LoopResult:
     """Run stage 1 into `cfg.out`; returns the steps, losses and the final head folder(s), one per
     task (`HEAD_FOLDERS`)."""
@@ -153,8 +160,12 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
                 f"(with labels: {dataset.label_counts})"
             )
     check_batches(len(dataset), cfg)
-    for spec in (cfg.head, cfg.depth_head, cfg.segmentation_head):
-        refuse_overlap(cfg.out, data=cfg.data, head=spec if spec and spec not in PRESETS else None)
+    specs = {t: head_spec(cfg, t) for t in tasks}
+    folders = [s for s in specs.values() if s not in PRESETS]
+    refuse_overlap(cfg.out, data=cfg.data, head=folders or None)
+    for task, spec in specs.items():
+        if spec not in PRESETS and folder_task(spec) != task:  # before any model loads
+            raise InputError(f"{spec}: a {folder_task(spec)} head, but a {task} head is expected here")
     run = RunDir(cfg.out)
     run.check(cfg, resume)  # a wrong --out or --resume fails before the models load
     accelerator = make_accelerator(cfg)
@@ -165,9 +176,7 @@ def train_warmup(cfg: WarmupConfig, resume: bool = False, backbone: Backbone | N
     torch.manual_seed(cfg.seed)  # the same initial heads on every process and every resume
     heads = {}
     likelihood = cfg.depth_loss.removesuffix("_nll")
-    for task in tasks:  # normals first: its initial head is the one a normals-only run starts from
-        spec = cfg.head if task == "normals" else getattr(cfg, f"{task}_head")
-        spec = spec or (cfg.head if cfg.head in PRESETS else "reference")
+    for task, spec in specs.items():  # normals first: its initial head is a normals-only run's
         classes = getattr(dataset, "classes", None)
         head = build_head(spec, backbone, cfg.resolution, task, classes, likelihood)
         heads[HEAD_FOLDERS[task]] = head.to(accelerator.device)

@@ -50,6 +50,17 @@ class WarmupConfig(TrainConfig):
     """Stage 1: warm-up of the head on labelled data (docs/method.md section 6)."""
 
     head: str = "reference"  # reference | small | a head folder to start from
+    # Multi-task warm-up (docs/multitask.md): the tasks whose heads train on one backbone pass each
+    # step, their loss weights, and the depth likelihood. `depth_head` / `segmentation_head`:
+    # reference | small | a head folder of that task; "" = the `head` preset (reference when `head`
+    # is a folder).
+    tasks: str = "normals"  # comma-separated: normals, depth, segmentation
+    depth_head: str = ""
+    segmentation_head: str = ""
+    normals_weight: float = 1.0
+    depth_weight: float = 1.0
+    segmentation_weight: float = 1.0
+    depth_loss: str = "laplace_nll"  # laplace_nll | gaussian_nll (of ln depth, per-pixel scale)
 
 
 @dataclass

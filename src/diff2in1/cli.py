@@ -484,6 +484,16 @@ def _create_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="source dataset root")
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors")
     p.add_argument("--head", help="head folder giving the synthetic normals (creation parameters)")
+    p.add_argument(
+        "--depth-head",
+        help="depth head folder (e.g. a multi-task warm-up's head_depth): also write each sample's depth "
+        "and its uncertainty from the same taps (default: none)",
+    )
+    p.add_argument(
+        "--segmentation-head",
+        help="segmentation head folder (e.g. head_segmentation): also write each sample's class map and "
+        "class confidence from the same taps (default: none)",
+    )
     p.add_argument("--out", help="output dataset root")
     p.add_argument("--config", help="YAML file of settings; flags override it")
     p.add_argument("--split", help="source split (default train)")

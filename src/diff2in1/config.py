@@ -86,6 +86,10 @@ class CreateConfig:
     data: str = ""
     backbone: str = ""
     head: str = ""
+    # Multi-modal creation (docs/multitask.md): depth / segmentation creation heads read the same
+    # last-step taps as the normal head; "" = none (normals only, the research behaviour).
+    depth_head: str = ""
+    segmentation_head: str = ""
     out: str = ""
     split: str = "train"
     resolution: tuple[int, int] = (512, 512)

@@ -551,6 +551,24 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
         type=float,
         help="with --pseudo-labels filtered: the confidence quantile a pixel must reach (default 0.5)",
     )
+    p.add_argument(
+        "--tasks",
+        help="tasks to self-improve on one backbone pass, comma-separated from normals, depth, "
+        "segmentation (default normals); each gets a creation and an exploitation head",
+    )
+    for task in ("depth", "segmentation"):
+        p.add_argument(
+            f"--{task}-init",
+            help=f"warm-up {task} head folder (default: head_{task} beside --init, as train-warmup "
+            "--tasks saves it)",
+        )
+    for task in ("normals", "depth", "segmentation"):
+        p.add_argument(f"--{task}-weight", type=float, help=f"weight of the {task} loss (default 1)")
+    p.add_argument(
+        "--depth-loss",
+        choices=["laplace_nll", "gaussian_nll"],
+        help="likelihood of ln(depth) with a per-pixel scale (default laplace_nll)",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from .config import SelfImproveConfig, load_config

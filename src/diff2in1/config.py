@@ -77,6 +77,17 @@ class SelfImproveConfig(TrainConfig):
     pseudo_labels: str = "research"
     pseudo_label_quantile: float = 0.5
     create: dict[str, Any] = field(default_factory=dict)  # CreateConfig overrides for re-creation
+    # Multi-task self-improvement (docs/multitask.md): per task an exploitation head and a creation
+    # head following it by EMA, all tasks' losses in one step on one backbone pass. `depth_init` /
+    # `segmentation_init`: warm-up head folders of those tasks ("" = head_depth / head_segmentation
+    # beside `init`, as `train-warmup --tasks` saves them).
+    tasks: str = "normals"  # comma-separated: normals, depth, segmentation
+    depth_init: str = ""
+    segmentation_init: str = ""
+    normals_weight: float = 1.0
+    depth_weight: float = 1.0
+    segmentation_weight: float = 1.0
+    depth_loss: str = "laplace_nll"  # laplace_nll | gaussian_nll
 
 
 @dataclass

@@ -6,6 +6,9 @@ Stages, each timed as the package runs it (the stage code itself is called, not 
   taps               VAE encode + one UNet pass with the feature taps (`Backbone.perceive`)
   warmup_step        one warm-up training step: features (no grad) + head (train) + loss + backward + Adam
   predict            `NormalPredictor` on a batch
+  predict_three_heads  `TaskPredictor`: one backbone pass read by the normal, depth and segmentation
+                     heads (the dense heads at the preset of the normal head); reported also as a
+                     ratio to `predict` (normals alone)
   create_sample      one created sample (`creation.create_samples`): DDIM + VAE decode + head; timed
                      with `--steps` DDIM steps and, when that is fewer than `--full-steps` (50), the
                      full-length time extrapolated with the measured time of one UNet pass (said so)
@@ -69,6 +72,7 @@ STAGES = (
     "warmup_step_cached",
     "predict",
     "predict_ensemble4",
+    "predict_three_heads",
     "create_sample",
     "self_improve_step",
 )
@@ -80,6 +84,7 @@ LABELS = {
     "warmup_step_cached": "  same, VAE posterior cached",
     "predict": "prediction",
     "predict_ensemble4": "  same, ensemble_size=4",
+    "predict_three_heads": "  same, + depth + segmentation heads",
     "create_sample": "created sample",
     "self_improve_step": "self-improving step",
     "head_warmup_step": "  head only: warm-up step",
@@ -326,6 +331,41 @@ def model_flops(backbone, head, batch: int, resolution: int) -> dict[str, int]:
     return out
 
 
+def make_dense_heads(backbone, preset: str, device: torch.device) -> list[nn.Module]:
+    """A depth and a segmentation head (40 classes, as NYUD-MT) of `preset` widths, random weights."""
+    from diff2in1.data.labels import nyu40_classes
+    from diff2in1.heads import build_head
+
+    torch.manual_seed(1)
+    return [
+        build_head(preset, backbone, task="depth").to(device).eval(),
+        build_head(preset, backbone, task="segmentation", class_list=nyu40_classes()).to(device).eval(),
+    ]
+
+
+def dense_heads_flops(backbone, preset: str, batch: int, resolution: int) -> int:
+    """Forward FLOPs of the depth and segmentation heads of one call, on meta-device copies."""
+    from diff2in1.data.labels import nyu40_classes
+    from diff2in1.heads import DenseHead
+    from diff2in1.heads.dense_head import dense_head_config
+    from diff2in1.taps import TapFeatures
+
+    lat = resolution // 8
+    c = tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
+    names = list(nyu40_classes().names)
+    with torch.device("meta"):
+        heads = [
+            DenseHead(**dense_head_config("depth", preset, c)),
+            DenseHead(**dense_head_config("segmentation", preset, c), class_names=names),
+        ]
+        feats = TapFeatures(
+            *(torch.randn(batch, ch, lat // s, lat // s) for ch, s in zip(c, (8, 4, 2, 1), strict=True))
+        )
+    with torch.no_grad():
+        size = (resolution, resolution)
+        return sum(count_flops(lambda h=h: h.eval()(feats, image_size=size)) for h in heads)
+
+
 def matmul_flops_per_s(
     dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 0.6
 ) -> float:
@@ -430,7 +470,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     from diff2in1.creation import create_samples
     from diff2in1.errors import InputError
     from diff2in1.heads import HeadConfig, NormalHead
-    from diff2in1.inference.predictor import NormalPredictor
+    from diff2in1.inference.predictor import NormalPredictor, TaskPredictor
     from diff2in1.losses import head_loss
     from diff2in1.stages.self_improve import mixed_targets
     from diff2in1.stages.warmup import StepCaches, perception_step
@@ -496,6 +536,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     if args.compile:
         backbone.unet.compile()
     flops = model_flops(backbone, head, bsz, res)
+    preset = "small" if args.smoke else "reference"
+    flops["dense_heads_eval"] = dense_heads_flops(backbone, preset, bsz, res)
     timer = ModuleTimer(
         {"unet": backbone.unet, "vae_encoder": backbone.vae.encoder, "vae_decoder": backbone.vae.decoder},
         device,
@@ -559,6 +601,14 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     run("predict", lambda i: predictor(images))
     # (3b) the pipeline's ensemble: 4 noise draws, 2 of them on the flipped image (2 VAE encodes)
     run("predict_ensemble4", lambda i: predictor.pipe.predict_model_space(images, seed=0, ensemble_size=4))
+
+    # (3c) one backbone pass, three heads (normals + depth + segmentation), against normals alone
+    dense_heads = make_dense_heads(backbone, preset, device)
+    three = TaskPredictor(backbone, [head, *dense_heads], (res, res), seed=0, autocast_dtype=amp)
+    run("predict_three_heads", lambda i: three(images))
+    ratio = stages["predict_three_heads"]["sec_per_call"] / stages["predict"]["sec_per_call"]
+    report["three_heads_ratio"] = ratio
+    log(f"  three heads / normals alone: {report['three_heads_ratio']:.2f}x")
 
     # (4) one created sample, `--steps` DDIM steps; extrapolated to `--full-steps`
     ccfg = CreateConfig(steps=args.steps, mixed_precision=args.dtype if amp is not None else "no")
@@ -693,6 +743,10 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "warmup_step_cached": flops["unet_forward"] + flops["head_train_fwd_bwd"],
         "predict": flops["vae_encode"] + flops["unet_forward"] + flops["head_eval"],
         "predict_ensemble4": 2 * flops["vae_encode"] + 4 * (flops["unet_forward"] + flops["head_eval"]),
+        "predict_three_heads": flops["vae_encode"]
+        + flops["unet_forward"]
+        + flops["head_eval"]
+        + flops["dense_heads_eval"],
         "create_sample": flops["vae_encode"]
         + args.full_steps * flops["unet_forward"]
         + flops["vae_decode"]
@@ -933,6 +987,11 @@ def format_table(report: dict) -> str:
         )
     if st["create_sample"].get("extrapolated"):
         lines.append(f"* {st['create_sample']['note']}")
+    if "three_heads_ratio" in report:
+        lines.append(
+            f"one backbone pass with normal + depth + segmentation heads / normals alone: "
+            f"{report['three_heads_ratio']:.2f}x the prediction time"
+        )
     f = report["flops"]
     pk = f["matmul_flops_per_s"]
     lines += [

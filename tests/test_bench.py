@@ -47,6 +47,12 @@ def test_smoke_run_writes_every_stage(tmp_path, capsys):
         assert st["sec_per_image"] > 0 and st["images_per_s"] == pytest.approx(1 / st["sec_per_image"])
         assert st["peak_mb"] > 0 and st["peak_delta_mb"] >= 0
         assert st["flops_per_call"] > 0 and st["achieved_flops_per_s"] > 0
+    # Three heads read one backbone pass: one UNet call, more FLOPs than normals alone.
+    three = report["stages"]["predict_three_heads"]
+    assert three["module_calls_per_call"]["unet"] == 1
+    assert three["flops_per_call"] > report["stages"]["predict"]["flops_per_call"]
+    ratio = three["sec_per_call"] / report["stages"]["predict"]["sec_per_call"]
+    assert report["three_heads_ratio"] == pytest.approx(ratio)
     # Every stage but the head-only ones runs the UNet; the created sample runs it once per step.
     assert report["stages"]["taps"]["module_calls_per_call"]["unet"] == 1
     create = report["stages"]["create_sample"]

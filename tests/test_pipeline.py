@@ -325,7 +325,7 @@ def test_export_pipeline_cli(tmp_path, small_head_dir, capsys):
 
 
 def test_bf16_pipeline_keeps_a_float32_head_and_stays_close(saved):
-    from diff2in1.inference.pipeline import load_pipeline
+    from diff2in1.inference.pipeline_loading import load_pipeline
 
     fp32 = load_pipeline(saved)
     bf16 = load_pipeline(saved, dtype=torch.bfloat16)

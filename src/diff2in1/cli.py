@@ -174,6 +174,25 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--head", help="reference (research widths, default), small, or a head folder to start from"
     )
+    p.add_argument(
+        "--tasks",
+        help="heads to train on one backbone pass, comma-separated from normals, depth, segmentation "
+        "(default normals); each task's head is saved in <out>/head (normals), head_depth, "
+        "head_segmentation",
+    )
+    for task in ("normals", "depth", "segmentation"):
+        p.add_argument(f"--{task}-weight", type=float, help=f"weight of the {task} loss (default 1)")
+    for task in ("depth", "segmentation"):
+        p.add_argument(
+            f"--{task}-head",
+            help=f"reference, small or a {task} head folder to start from (default: --head's preset, "
+            "reference when --head is a folder)",
+        )
+    p.add_argument(
+        "--depth-loss",
+        choices=["laplace_nll", "gaussian_nll"],
+        help="likelihood of ln(depth) with a per-pixel scale (default laplace_nll)",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from .config import WarmupConfig, load_config
@@ -184,7 +203,10 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
         result = train_warmup(cfg, resume=a.resume)
         for sample_id, reason in result.skipped:
             print(f"skipped {sample_id}: {reason}")
-        print(f"trained {result.steps} steps; head saved to {result.outputs.get('head')}")
+        if cfg.tasks != "normals":
+            print("samples with labels: " + ", ".join(f"{t} {n}" for t, n in result.label_counts.items()))
+        saved = ", ".join(result.outputs.values())
+        print(f"trained {result.steps} steps; head{'s' if len(result.outputs) > 1 else ''} saved to {saved}")
 
     p.set_defaults(func=run)
 
@@ -192,7 +214,11 @@ def _train_warmup(p: argparse.ArgumentParser) -> None:
 def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
     p.add_argument(
-        "--head", required=True, help="head folder (config.json + diffusion_pytorch_model.safetensors)"
+        "--head",
+        required=True,
+        action="append",
+        help="head folder (config.json + diffusion_pytorch_model.safetensors); repeat it for a head "
+        "set, one head per task (e.g. a train-warmup --tasks run's head, head_depth, head_segmentation)",
     )
     p.add_argument(
         "--resolution", type=_size, help="model input size (default: the size the head was trained at)"
@@ -211,12 +237,24 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
 
 def _predictor(a: argparse.Namespace):
     from .backbone import autocast_dtype
-    from .inference.predictor import NormalPredictor
+    from .inference.predictor import NormalPredictor, TaskPredictor
 
     amp = autocast_dtype(a.mixed_precision)
-    return NormalPredictor.from_paths(
-        a.backbone, a.head, device=a.device, resolution=a.resolution, seed=a.seed, autocast_dtype=amp
-    )
+    kw = {"device": a.device, "resolution": a.resolution, "seed": a.seed, "autocast_dtype": amp}
+    if len(a.head) == 1 and _head_tasks(a.head) == ("normals",):
+        return NormalPredictor.from_paths(a.backbone, a.head[0], **kw)
+    return TaskPredictor.from_paths(a.backbone, a.head, **kw)
+
+
+def _head_tasks(heads: list[str]) -> tuple[str, ...]:
+    """The tasks of head folders (one-line errors for a folder that is no head, or two of a task)."""
+    from .heads.dense_head import folder_task
+
+    tasks = [folder_task(h) for h in heads]
+    for i, t in enumerate(tasks):
+        if t in tasks[:i]:
+            raise InputError(f"--head {heads[i]}: a second {t} head; give one head per task")
+    return tuple(t for t in ("normals", "depth", "segmentation") if t in tasks)
 
 
 @command(
@@ -237,21 +275,37 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave out unreadable or unpaired samples (listed at the end) instead of stopping",
     )
+    p.add_argument(
+        "--max-depth",
+        type=float,
+        default=10.0,
+        help="depth: ground truth beyond this many metres is left out (default 10, as for NYUv2)",
+    )
+    p.add_argument(
+        "--eigen-crop", action="store_true", help="depth: only pixels inside the Eigen crop (default: all)"
+    )
     _predictor_args(p)
 
     def run(a: argparse.Namespace) -> None:
         from pathlib import Path
 
         from .data import NormalsDataset
+        from .data.multitask import MultiTaskDataset
         from .out_folder import check_output_folder, mark_output_folder
         from .path_overlap import refuse_overlap
-        from .stages.evaluate import EVAL_FILES, evaluate, format_table
+        from .stages.evaluate import EVAL_FILES, evaluate, format_table, tables_markdown
 
+        if not a.max_depth > 0:
+            raise InputError(f"--max-depth: must be a positive number of metres, got {a.max_depth}")
+        tasks = _head_tasks(a.head)
         # Bad data fails before any model loads.
-        NormalsDataset(
-            a.data, a.split, size=None, on_error="skip" if a.skip_bad_samples else "raise", captions=False
-        )
-        out = a.out or str(Path(a.head).with_name(f"{Path(a.head).resolve().name}_eval_{a.split}"))
+        on_error = "skip" if a.skip_bad_samples else "raise"
+        if tasks == ("normals",):
+            NormalsDataset(a.data, a.split, size=None, on_error=on_error, captions=False)
+        else:
+            MultiTaskDataset(a.data, a.split, tasks, size=None, on_error=on_error, captions=False)
+        first = Path(a.head[0])
+        out = a.out or str(first.with_name(f"{first.resolve().name}_eval_{a.split}"))
         refuse_overlap(out, data=a.data, head=a.head, backbone=a.backbone)
         check_output_folder(out, "evaluate", EVAL_FILES.__contains__)  # no file of the user's overwritten
         predictor = _predictor(a)
@@ -265,9 +319,17 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
             progress=a.progress,
             limit=a.limit,
             skip_bad_samples=a.skip_bad_samples,
+            max_depth=a.max_depth,
+            eigen_crop=a.eigen_crop,
         )
-        print(format_table({Path(a.head).name: result.metrics}))
-        print(f"{result.metrics['pixels']} pixels; written to {out}")
+        if tasks == ("normals",):
+            from .stages.evaluate import format_table
+
+            print(format_table({first.name: result.metrics}))
+            print(f"{result.metrics['pixels']} pixels; written to {out}")
+        else:
+            print(tables_markdown(result, first.name))
+            print(f"written to {out}")
         for sample_id, reason in result.skipped:
             print(f"skipped {sample_id}: {reason}")
 
@@ -284,7 +346,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
         "tiny-scenes (default when no model is given: the shipped demo weights, procedural scenes only)",
     )
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
-    p.add_argument("--head", help="head folder (with --backbone)")
+    p.add_argument(
+        "--head",
+        action="append",
+        help="head folder (with --backbone); repeat it for a head set, one head per task "
+        "(normals, depth, segmentation): every task is predicted from one backbone pass",
+    )
     p.add_argument(
         "--resolution", type=_at_most(MAX_RESOLUTION, int), help="model input size (default: the head's own)"
     )
@@ -314,6 +381,21 @@ def _predict(p: argparse.ArgumentParser) -> None:
         default=45.0,
         help="colour scale of every uncertainty picture of the run: 0 to this many degrees",
     )
+    p.add_argument(
+        "--point-cloud",
+        action="store_true",
+        help="also write <stem>.ply per image: a point per pixel with depth, its colour and normal "
+        "(needs a depth head)",
+    )
+    p.add_argument(
+        "--intrinsics",
+        help="camera of the point clouds: fx,fy,cx,cy in pixels of the input image (default: NYUv2's "
+        "Kinect camera, 518.86,519.47,325.58,253.74 at 640x480, scaled to each image, since the "
+        "heads are trained on NYUv2-like data)",
+    )
+    p.add_argument(
+        "--fov", type=float, help="camera of the point clouds: horizontal field of view in degrees instead"
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
     def check(a: argparse.Namespace) -> None:
@@ -329,12 +411,22 @@ def _predict(p: argparse.ArgumentParser) -> None:
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
-        from .inference.pipeline import load_pipeline
+        from .inference.pipeline_loading import load_pipeline
+        from .inference.point_cloud import Intrinsics
         from .inference.predict_files import check_images, collect_images, is_prediction_file, predict_files
         from .inference.sources import DEMO_NOTE
         from .out_folder import check_output_folder, mark_output_folder
         from .path_overlap import refuse_overlap
 
+        if a.intrinsics is not None and a.fov is not None:
+            raise InputError("--intrinsics and --fov: give one camera, not both")
+        if (a.intrinsics is not None or a.fov is not None) and not a.point_cloud:
+            raise InputError("--intrinsics / --fov: only used with --point-cloud")
+        intrinsics = Intrinsics.parse(a.intrinsics) if a.intrinsics is not None else None
+        if a.fov is not None:
+            Intrinsics.from_fov(1, 1, a.fov)  # checks the range before any model loads
+        if a.point_cloud and a.head and "depth" not in _head_tasks(a.head):
+            raise InputError("--point-cloud: needs a depth head (--head of a depth head folder)")
         if a.ensemble_size < 1 or a.batch_size < 1:
             raise InputError("--ensemble-size and --batch-size must be at least 1")
         if a.resolution is not None and (a.resolution <= 0 or a.resolution % 64):
@@ -363,6 +455,9 @@ def _predict(p: argparse.ArgumentParser) -> None:
             skip_bad_files=a.skip_bad_files,
             progress=a.progress,
             uncertainty_max=a.uncertainty_max,
+            point_clouds=a.point_cloud,
+            intrinsics=intrinsics,
+            fov=a.fov,
         )
         for _path, reason in res.skipped:
             print(f"skipped {reason}")
@@ -378,7 +473,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
 )
 def _export_pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", required=True, help="preset name, diffusers folder or .ckpt/.safetensors")
-    p.add_argument("--head", required=True, help="head folder")
+    p.add_argument(
+        "--head",
+        required=True,
+        action="append",
+        help="head folder; repeat it for a head set, one head per task (normals, depth, segmentation)",
+    )
     p.add_argument("--out", required=True, help="pipeline folder to write (must not exist or be empty)")
 
     def run(a: argparse.Namespace) -> None:
@@ -437,6 +537,16 @@ def _create_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="source dataset root")
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors")
     p.add_argument("--head", help="head folder giving the synthetic normals (creation parameters)")
+    p.add_argument(
+        "--depth-head",
+        help="depth head folder (e.g. a multi-task warm-up's head_depth): also write each sample's depth "
+        "and its uncertainty from the same taps (default: none)",
+    )
+    p.add_argument(
+        "--segmentation-head",
+        help="segmentation head folder (e.g. head_segmentation): also write each sample's class map and "
+        "class confidence from the same taps (default: none)",
+    )
     p.add_argument("--out", help="output dataset root")
     p.add_argument("--config", help="YAML file of settings; flags override it")
     p.add_argument("--split", help="source split (default train)")
@@ -493,6 +603,24 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
         "--pseudo-label-quantile",
         type=float,
         help="with --pseudo-labels filtered: the confidence quantile a pixel must reach (default 0.5)",
+    )
+    p.add_argument(
+        "--tasks",
+        help="tasks to self-improve on one backbone pass, comma-separated from normals, depth, "
+        "segmentation (default normals); each gets a creation and an exploitation head",
+    )
+    for task in ("depth", "segmentation"):
+        p.add_argument(
+            f"--{task}-init",
+            help=f"warm-up {task} head folder (default: head_{task} beside --init, as train-warmup "
+            "--tasks saves it)",
+        )
+    for task in ("normals", "depth", "segmentation"):
+        p.add_argument(f"--{task}-weight", type=float, help=f"weight of the {task} loss (default 1)")
+    p.add_argument(
+        "--depth-loss",
+        choices=["laplace_nll", "gaussian_nll"],
+        help="likelihood of ln(depth) with a per-pixel scale (default laplace_nll)",
     )
 
     def run(a: argparse.Namespace) -> None:

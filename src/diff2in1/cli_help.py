@@ -95,7 +95,9 @@ EXAMPLES = {
     ],
     "make-scenes": ["diff2in1 make-scenes --out scenes --train 200 --test 50"],
     "create-data": [
-        "diff2in1 create-data --data nyu --backbone model.ckpt --head runs/warmup/head --out syn"
+        "diff2in1 create-data --data nyu --backbone model.ckpt --head runs/warmup/head --out syn",
+        "diff2in1 create-data --data nyu --backbone model.ckpt --head runs/mt/head "
+        "--depth-head runs/mt/head_depth --segmentation-head runs/mt/head_segmentation --out syn_mt",
     ],
     "train-self-improve": [
         "diff2in1 train-self-improve --data nyu --synthetic syn --backbone model.ckpt "

@@ -50,6 +50,17 @@ class WarmupConfig(TrainConfig):
     """Stage 1: warm-up of the head on labelled data (docs/method.md section 6)."""
 
     head: str = "reference"  # reference | small | a head folder to start from
+    # Multi-task warm-up (docs/multitask.md): the tasks whose heads train on one backbone pass each
+    # step, their loss weights, and the depth likelihood. `depth_head` / `segmentation_head`:
+    # reference | small | a head folder of that task; "" = the `head` preset (reference when `head`
+    # is a folder).
+    tasks: str = "normals"  # comma-separated: normals, depth, segmentation
+    depth_head: str = ""
+    segmentation_head: str = ""
+    normals_weight: float = 1.0
+    depth_weight: float = 1.0
+    segmentation_weight: float = 1.0
+    depth_loss: str = "laplace_nll"  # laplace_nll | gaussian_nll (of ln depth, per-pixel scale)
 
 
 @dataclass
@@ -66,6 +77,17 @@ class SelfImproveConfig(TrainConfig):
     pseudo_labels: str = "research"
     pseudo_label_quantile: float = 0.5
     create: dict[str, Any] = field(default_factory=dict)  # CreateConfig overrides for re-creation
+    # Multi-task self-improvement (docs/multitask.md): per task an exploitation head and a creation
+    # head following it by EMA, all tasks' losses in one step on one backbone pass. `depth_init` /
+    # `segmentation_init`: warm-up head folders of those tasks ("" = head_depth / head_segmentation
+    # beside `init`, as `train-warmup --tasks` saves them).
+    tasks: str = "normals"  # comma-separated: normals, depth, segmentation
+    depth_init: str = ""
+    segmentation_init: str = ""
+    normals_weight: float = 1.0
+    depth_weight: float = 1.0
+    segmentation_weight: float = 1.0
+    depth_loss: str = "laplace_nll"  # laplace_nll | gaussian_nll
 
 
 @dataclass
@@ -75,6 +97,10 @@ class CreateConfig:
     data: str = ""
     backbone: str = ""
     head: str = ""
+    # Multi-modal creation (docs/multitask.md): depth / segmentation creation heads read the same
+    # last-step taps as the normal head; "" = none (normals only, the research behaviour).
+    depth_head: str = ""
+    segmentation_head: str = ""
     out: str = ""
     split: str = "train"
     resolution: tuple[int, int] = (512, 512)

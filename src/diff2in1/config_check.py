@@ -35,6 +35,9 @@ RANGES: dict[str, tuple[Any, str]] = {
     "guidance": (lambda v: math.isfinite(v) and v >= 1.0, "1 (no guidance) or more"),
     "preview": (lambda v: v >= 0, "0 or more"),
     "seed": (lambda v: 0 <= v <= MAX_SEED, f"between 0 and 2^63 - 1 ({MAX_SEED})"),
+    "normals_weight": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "depth_weight": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "segmentation_weight": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ug_nll", "angular", "l2"),
@@ -42,7 +45,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "feature_cache": ("none", "memory", "disk"),
     "resize": ("research", "nearest"),
     "pseudo_labels": ("research", "weighted", "filtered"),
+    "depth_loss": ("laplace_nll", "gaussian_nll"),
 }
+TASK_NAMES = ("normals", "depth", "segmentation")
 
 
 def _type_error(source: str, key: str, want: str, value: Any) -> InputError:
@@ -85,6 +90,14 @@ def check_config(config: Any, source: str | Path | None = None) -> None:
                 raise InputError(f"{src}: {f.name}: must be {what}, got {value!r}")
         if f.name in CHOICES and value not in CHOICES[f.name]:
             raise InputError(f"{src}: {f.name}: must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
+    tasks = getattr(config, "tasks", None)
+    if tasks is not None:
+        names = [t.strip() for t in tasks.split(",")]
+        bad = [t for t in names if t not in TASK_NAMES]
+        if bad or not tasks.strip():
+            raise InputError(
+                f"{src}: tasks: must be a comma-separated list of {', '.join(TASK_NAMES)}, got {tasks!r}"
+            )
     resolution = getattr(config, "resolution", None)
     if resolution is not None and (min(resolution) < 64 or any(r % 64 for r in resolution)):
         raise InputError(f"{src}: resolution: must be a multiple of 64 on both sides, got {list(resolution)}")

@@ -9,7 +9,7 @@ and settings: never on the other images of its batch, on the batch size, or on t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +21,8 @@ from .backbone import Backbone
 @dataclass
 class CreatedSamples:
     """rgb (B, 3, H, W) in [-1, 1] float32: the new images; `prediction`: the head's output on the
-    taps of the last denoising step, at (H, W) (for the normal head: `.normal`, `.kappa`)."""
+    taps of the last denoising step, at (H, W) (for the normal head: `.normal`, `.kappa`); for a
+    head set (a dict task -> head), a dict task -> that head's output, all on the same taps."""
 
     rgb: Tensor
     prediction: object
@@ -30,7 +31,7 @@ class CreatedSamples:
 @torch.no_grad()
 def create_samples(
     backbone: Backbone,
-    head: nn.Module,
+    head: nn.Module | Mapping[str, nn.Module],
     images: Tensor,
     captions: list[str],
     seeds: list[int],
@@ -46,7 +47,8 @@ def create_samples(
     seed), eta-0 DDIM for `steps` steps conditioned on each image's caption (classifier-free
     guidance with the empty caption when guidance > 1), decode; the head reads the taps of the
     last step in float32. `autocast`: the dtype the backbone passes run under (None: as stored).
-    `callback(done, steps)` after each DDIM step.
+    `callback(done, steps)` after each DDIM step. `head` may be a head set (task -> head, e.g.
+    normals, depth, segmentation): one UNet run per sample, every head reads the same taps.
     """
     if not len(images) == len(captions) == len(seeds):
         raise ValueError(f"{len(images)} images, {len(captions)} captions, {len(seeds)} seeds")
@@ -60,5 +62,9 @@ def create_samples(
         cond = backbone.embed(list(captions))
         res = backbone.ddim_sample(x_t, cond, t_start, steps, guidance, callback=callback)
         rgb = backbone.decode(res.latents)
-    prediction = head.eval()(res.features.to(torch.float32), image_size=tuple(images.shape[-2:]))
+    feats, size = res.features.to(torch.float32), tuple(images.shape[-2:])
+    if isinstance(head, Mapping):
+        prediction = {task: h.eval()(feats, image_size=size) for task, h in head.items()}
+    else:
+        prediction = head.eval()(feats, image_size=size)
     return CreatedSamples(rgb=rgb.float(), prediction=prediction)

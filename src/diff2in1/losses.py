@@ -170,13 +170,15 @@ def depth_nll(
     mask: Tensor | None = None,
     present: Tensor | None = None,
     kind: str = "laplace_nll",
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Negative log-likelihood of log ground-truth depth, mean over valid pixels.
 
     pred_log_depth mu and pred_log_scale s: (B, 1, H, W) (or (B, H, W)); gt_depth in metres, same
     size, 0 = no depth. With r = ln(gt) - mu and b = exp(s) (the per-pixel uncertainty, in log-depth
     units, i.e. a relative error): "laplace_nll" = |r| / b + s + ln 2; "gaussian_nll" =
-    r^2 / (2 b^2) + s + ln(2 pi) / 2. Constants are kept so the value is a true NLL.
+    r^2 / (2 b^2) + s + ln(2 pi) / 2. Constants are kept so the value is a true NLL. weight: optional
+    per-pixel factor (same size) on each term; the mean still divides by the valid pixel count.
     """
     valid = depth_valid(gt_depth, mask, present)
     mu = pred_log_depth[:, 0] if pred_log_depth.dim() == 4 else pred_log_depth
@@ -189,6 +191,8 @@ def depth_nll(
         nll = 0.5 * r.square() * torch.exp(-2.0 * s) + s + 0.5 * math.log(2.0 * math.pi)
     else:
         raise ValueError(f"unknown depth NLL kind {kind!r}; choose laplace_nll or gaussian_nll")
+    if weight is not None:
+        nll = nll * (weight[:, 0] if weight.dim() == 4 else weight).to(nll.dtype)
     return _masked_mean(nll, valid)
 
 

@@ -10,8 +10,16 @@ The head also says how sure it is, so two alternatives use that (a flag, never t
 
 Confidence of a normal label: c = 1 - E(kappa) / (pi / 2), where E(kappa) is the expected angular
 error of the head's angular von Mises-Fisher distribution (docs/method.md section 10); E runs from
-pi / 2 (kappa = 0: no idea) down to 0, so c runs from 0 up to 1. Labelled (real) pixels always count
-with weight 1.
+pi / 2 (kappa = 0: no idea) down to 0, so c runs from 0 up to 1.
+
+Confidence of a depth label: c = exp(-b), b = exp(s) the predicted scale of the log-depth likelihood
+(the head's second output s = ln b; b is a relative error: b = 0.1 means about 10 %), so c runs from
+1 (b -> 0) down towards 0 (b large); b = 0.1 gives c = 0.905, b = 1 gives c = 0.368.
+
+Confidence of a class label: c = (p_max - 1/C) / (1 - 1/C), p_max the largest softmax probability over
+the C classes: 0 for a uniform distribution (no idea), 1 for a certain one.
+
+Labelled (real) pixels always count with weight 1.
 """
 
 from __future__ import annotations
@@ -29,6 +37,20 @@ MODES = ("research", "weighted", "filtered")
 def normal_confidence(kappa: Tensor) -> Tensor:
     """kappa (B, 1, H, W) > 0 -> confidence (B, 1, H, W) in [0, 1]: 1 - E(kappa) / (pi / 2)."""
     return (1.0 - expected_error(kappa) / (math.pi / 2)).clamp(0.0, 1.0)
+
+
+def depth_confidence(log_scale: Tensor) -> Tensor:
+    """s = ln b (B, 1, H, W) of a depth head -> confidence exp(-b) in (0, 1]."""
+    return torch.exp(-torch.exp(log_scale.float())).clamp(0.0, 1.0)
+
+
+def segmentation_confidence(logits: Tensor) -> Tensor:
+    """class logits (B, C, H, W) -> confidence (B, 1, H, W) in [0, 1]: (p_max - 1/C) / (1 - 1/C)."""
+    c = logits.shape[1]
+    p_max = torch.softmax(logits.float(), dim=1).amax(dim=1, keepdim=True)
+    if c < 2:
+        return torch.ones_like(p_max)
+    return ((p_max - 1.0 / c) / (1.0 - 1.0 / c)).clamp(0.0, 1.0)
 
 
 def quantile_keep(confidence: Tensor, q: float) -> Tensor:

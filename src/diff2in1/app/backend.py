@@ -25,7 +25,8 @@ from ..backbone import _stride_ok, ddim_inference_steps
 from ..errors import InputError
 from ..imaging.files import read_image_float
 from ..inference.image_processor import RESIZE_MODES, resize_image
-from ..inference.pipeline import Diff2in1Pipeline, load_pipeline
+from ..inference.pipeline import Diff2in1Pipeline
+from ..inference.pipeline_loading import load_pipeline
 from .heap import trims_heap
 
 DEMO_BACKBONE = "tiny-scenes"

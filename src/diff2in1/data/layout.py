@@ -45,6 +45,10 @@ NORM_DIR = "norm"
 CAPTION_DIR = "caption"
 NORM_NPY_DIR = "norm_npy"
 KAPPA_DIR = "kappa"
+# Created samples' confidences of their depth and class labels (float32 HxW .npy): the creation
+# depth head's expected absolute error in metres, and its class confidence in [0, 1].
+DEPTH_UNCERTAINTY_DIR = "depth_unc"
+SEG_CONFIDENCE_DIR = "seg_conf"
 # Image files may also be JPEG (user data); the order breaks ties between same-stem files.
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
@@ -218,6 +222,8 @@ def write_sample(
     float_normals: bool = True,
     depth: Any | None = None,
     classes: Any | None = None,
+    depth_uncertainty: Any | None = None,
+    class_confidence: Any | None = None,
 ) -> SamplePaths:
     """Write one sample; each file atomically.
 
@@ -226,7 +232,8 @@ def write_sample(
     normals (default: finite, non-zero vectors); invalid pixels are written as zeros in both files.
     kappa: optional HxW confidence. float_normals: also write the lossless `norm_npy/<id>.npy`.
     depth: optional HxW metres (0 / non-finite = none) -> `depth/<id>.npy`; classes: optional HxW
-    integer class ids (255 = ignore) -> `seg/<id>.png`.
+    integer class ids (255 = ignore) -> `seg/<id>.png`. depth_uncertainty (metres) and
+    class_confidence ([0, 1]): optional HxW -> `depth_unc/<id>.npy`, `seg_conf/<id>.npy`.
     """
     if not sample_id or "/" in sample_id or sample_id.startswith("."):
         raise InputError(f"invalid sample id {sample_id!r}")
@@ -259,6 +266,13 @@ def write_sample(
             if a.shape != (h, w):
                 raise InputError(f"{sample_id}: {what} has shape {a.shape}, expected {(h, w)}")
             write_depth(lp.depth_npy, a) if what == "depth" else write_seg(lp.seg, a)
+    for folder, arr in ((DEPTH_UNCERTAINTY_DIR, depth_uncertainty), (SEG_CONFIDENCE_DIR, class_confidence)):
+        if arr is None:
+            continue
+        a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr, np.float32)
+        if a.shape != (h, w):
+            raise InputError(f"{sample_id}: {folder} map has shape {a.shape}, expected {(h, w)}")
+        save_npy(d / folder / f"{sample_id}.npy", a)
     # Captions are one line: newlines inside would be read back as a different caption.
     save_text(d / CAPTION_DIR / f"{sample_id}.txt", " ".join(str(caption).split()) + "\n")
     # The image goes last: list_ids() keys on images, so a half-written sample is not listed.
@@ -365,11 +379,13 @@ def is_complete(root: str | os.PathLike, split: str, sample_id: str, float_norma
 
 __all__ = [
     "CAPTION_DIR",
+    "DEPTH_UNCERTAINTY_DIR",
     "IMG_DIR",
     "KAPPA_DIR",
     "LabelPaths",
     "NORM_DIR",
     "NORM_NPY_DIR",
+    "SEG_CONFIDENCE_DIR",
     "TMP_SUFFIX",
     "Sample",
     "SamplePaths",

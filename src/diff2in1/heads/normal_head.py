@@ -249,12 +249,16 @@ class NormalHead(ModelMixin, ConfigMixin):
             raw = json.loads(cfg_path.read_text())
             if not isinstance(raw, dict):
                 raise ValueError("not a JSON object")
+            if raw.get("task") not in (None, "normals"):  # a depth or segmentation head's folder
+                raise InputError(f"{folder}: a {raw['task']} head, but a normals head is expected here")
             init = {k: v for k, v in raw.items() if not k.startswith("_") and k != "model_type"}
             unknown = sorted(set(init) - set(inspect.signature(cls.__init__).parameters))
             if unknown:
                 raise ValueError(f"unknown keys {unknown}")
             with torch.device("meta"):  # every tensor comes from the file: skip the random init
                 model = cls(**init)
+        except InputError:
+            raise
         except (ValueError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
             raise InputError(f"{cfg_path}: not a valid head config ({' '.join(str(e).split())})") from None
         try:

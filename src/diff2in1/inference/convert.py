@@ -41,10 +41,12 @@ def _save(pipe: Diff2in1Pipeline, out: Path) -> Path:
     return out
 
 
-def export_pipeline(backbone: str | Path, head: str | Path, out: str | Path) -> Path:
-    """Write a pipeline folder from a backbone source and a trained head folder."""
-    out = _fresh_out(out, backbone, head)
-    return _save(Diff2in1Pipeline.from_backbone(backbone, head), out)
+def export_pipeline(backbone: str | Path, head: str | Path | list, out: str | Path) -> Path:
+    """Write a pipeline folder from a backbone source and a trained head folder, or a list of head
+    folders of different tasks (normals, depth, segmentation)."""
+    heads = list(head) if isinstance(head, (list, tuple)) else [head]
+    out = _fresh_out(out, backbone, *heads)
+    return _save(Diff2in1Pipeline.from_backbone(backbone, heads if len(heads) > 1 else heads[0]), out)
 
 
 def convert_research(

@@ -1,4 +1,5 @@
-"""`Diff2in1Pipeline`: one Stable Diffusion model for surface normals and for new RGB + normal pairs.
+"""`Diff2in1Pipeline`: one Stable Diffusion model for surface normals and for new RGB + normal pairs;
+with depth and segmentation heads (optional components), for those tasks too from the same pass.
 
 Perception (`__call__`, docs/method.md sections 2, 3, 9): image -> VAE latent -> UNet at t = 0 with
 the empty caption -> 25 taps -> head -> unit normals + kappa. Generation (`create`, section 7): image
@@ -8,17 +9,15 @@ and the head on the last step's taps -> its normals + kappa.
 
 from __future__ import annotations
 
-import json
+import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import BaseOutput
 from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -28,41 +27,19 @@ from ..backbone import Backbone, ddim_inference_steps, load_backbone, method_sch
 from ..creation import create_samples
 from ..errors import InputError
 from ..fingerprint import backbone_fingerprint, check_head
-from ..heads import NormalHead
+from ..heads import DenseHead, NormalHead, head_task
 from ..heads.normal_head import RESIZE_MODES
+from .head_set import ALL_TASKS, TASK_COMPONENTS, load_head_set
 from .image_processor import Diff2in1ImageProcessor, resize_image, resize_map, resize_normals
+from .pipeline_output import Diff2in1CreateOutput, Diff2in1NormalsOutput
+from .seeds import image_seeds, member_seed
 from .sources import hub_failure, resolve_pretrained
 from .uncertainty import combine_members, expected_error
 
 OUTPUT_TYPES = ("np", "pt", "pil")
 DEFAULT_RESOLUTION = 512  # the research code's, for heads that do not record their own
-
-
-@dataclass
-class Diff2in1NormalsOutput(BaseOutput):
-    """Perception output, one entry per input image.
-
-    output_type "np": normals (N, H, W, 3) float32 unit vectors (camera frame: x right, y down,
-    z forward), kappa (N, H, W, 1), uncertainty (N, H, W, 1) expected angular error in degrees;
-    "pt": the same as tensors (N, 3, H, W), (N, 1, H, W), (N, 1, H, W); "pil": lists of pictures
-    (normal map, kappa as its uncertainty picture with a colour bar, uncertainty likewise).
-    When the images differ in size (match_input_resolution=True), "np"/"pt" give lists instead.
-    """
-
-    normals: Any
-    kappa: Any
-    uncertainty: Any
-
-
-@dataclass
-class Diff2in1CreateOutput(BaseOutput):
-    """Generation output: the new image (N, H, W, 3) in [0, 1] ("np"; (N, 3, H, W) "pt"; PIL list
-    "pil"), and its normals, kappa and uncertainty as in `Diff2in1NormalsOutput`, at the model size."""
-
-    images: Any
-    normals: Any
-    kappa: Any
-    uncertainty: Any
+# The pipeline component holding each task's head.
+TASK_TAGS = {"depth": "depth-estimation", "segmentation": "semantic-segmentation"}  # model card tags
 
 
 def _hw(resolution: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -89,6 +66,7 @@ class Diff2in1Pipeline(DiffusionPipeline):
         >>> out = pipe("photo.jpg")  # or a list of images, with batch_size=...
         >>> out.normals.shape, out.uncertainty.shape  # (1, H, W, 3) unit normals, (1, H, W, 1) degrees
         >>> normals, kappa, uncertainty = pipe("photo.jpg", return_dict=False)
+        >>> out = pipe("photo.jpg", tasks="normals,depth")  # with a depth head: out.depth in metres
 
         >>> new = pipe.create(["a.jpg", "b.jpg"], caption="a living room",
         ...                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
@@ -101,6 +79,7 @@ class Diff2in1Pipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["head", "depth_head", "segmentation_head"]
 
     def __init__(
         self,
@@ -109,38 +88,70 @@ class Diff2in1Pipeline(DiffusionPipeline):
         text_encoder: CLIPTextModel,
         tokenizer: CLIPTokenizer,
         scheduler: DDIMScheduler,
-        head: NormalHead,
+        head: NormalHead | None = None,
+        depth_head: DenseHead | None = None,
+        segmentation_head: DenseHead | None = None,
     ) -> None:
         super().__init__()
         scheduler = method_scheduler(scheduler, "scheduler")
         self.register_modules(
-            vae=vae, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, head=head
+            vae=vae,
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            head=head,
+            depth_head=depth_head,
+            segmentation_head=segmentation_head,
         )
         self.image_processor = Diff2in1ImageProcessor()
         self.backbone = Backbone(vae, unet, text_encoder, tokenizer, scheduler, source="pipeline")
-        head.eval()
-        # A head on the wrong backbone fails here, before any forward pass.
-        check_head(head, self.backbone, "head", "this pipeline's backbone")
+        if not self.task_heads():
+            raise InputError("a pipeline needs at least one head (normals, depth or segmentation)")
+        for task, h in self.task_heads().items():
+            if head_task(h) != task:
+                raise InputError(f"{TASK_COMPONENTS[task]}: a {head_task(h)} head, not a {task} head")
+            h.eval()
+            # A head on the wrong backbone fails here, before any forward pass.
+            check_head(h, self.backbone, TASK_COMPONENTS[task], "this pipeline's backbone")
+
+    def task_heads(self) -> dict[str, Any]:
+        """task -> head, for the tasks this pipeline has a head for (in ALL_TASKS order)."""
+        heads = {t: getattr(self, c, None) for t, c in TASK_COMPONENTS.items()}
+        return {t: h for t, h in heads.items() if h is not None}
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.task_heads())
+
+    @property
+    def primary_head(self):
+        """The head whose recorded resolution and resize mode the pipeline uses: the normal head,
+        else the first other one (heads trained together record the same)."""
+        return next(iter(self.task_heads().values()))
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_backbone(
         cls,
         backbone: str | Path | Backbone,
-        head: str | Path | NormalHead,
+        head: str | Path | NormalHead | list | None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> Diff2in1Pipeline:
         """A pipeline from a backbone source (preset name, diffusers folder, `.ckpt`/`.safetensors`
-        original single file, or a loaded `Backbone`) and a head (folder or model). Offline."""
+        original single file, or a loaded `Backbone`) and a head (folder or model), or a list of
+        heads of different tasks (each folder's config names its task). Offline."""
+        heads = load_head_set(head if isinstance(head, (list, tuple)) else [head])  # before the backbone
         bb = (
             backbone
             if isinstance(backbone, Backbone)
             else load_backbone(backbone, device=device, dtype=dtype)
         )
-        hd = head if isinstance(head, NormalHead) else NormalHead.from_pretrained(head)
-        check_head(hd, bb, "head" if isinstance(head, NormalHead) else str(head), str(bb.source))
-        pipe = cls(bb.vae, bb.unet, bb.text_encoder, bb.tokenizer, bb.scheduler, hd.to(bb.device))
+        for source, hd in heads.values():
+            check_head(hd, bb, source, str(bb.source))
+        components = {TASK_COMPONENTS[t]: hd.to(bb.device) for t, (_, hd) in heads.items()}
+        pipe = cls(bb.vae, bb.unet, bb.text_encoder, bb.tokenizer, bb.scheduler, **components)
         if pipe.backbone is not bb:  # share the given backbone: one set of tap hooks per UNet
             pipe.backbone.taps.remove()
             pipe.backbone = bb
@@ -176,14 +187,16 @@ class Diff2in1Pipeline(DiffusionPipeline):
 
     def model_card(self) -> str:
         """The README.md of a saved pipeline: YAML header (what the Hub reads) and usage."""
-        hc = self.head.config
+        hc = self.primary_head.config
         res = hc.processing_resolution or DEFAULT_RESOLUTION
+        tags = "".join(f"- {TASK_TAGS[t]}\n" for t in self.tasks if t in TASK_TAGS)
         return (
             "---\n"
             "library_name: diffusers\n"
             "pipeline_tag: image-to-image\n"
             "license: openrail\n"
             "tags:\n- surface-normals\n- diff-2-in-1\n- stable-diffusion\n- uncertainty\n"
+            f"{tags}"
             "---\n\n"
             "# Diff-2-in-1 pipeline (surface normals + data creation)\n\n"
             "One Stable Diffusion v1.x model for two jobs: surface normals with a per-pixel uncertainty\n"
@@ -196,11 +209,12 @@ class Diff2in1Pipeline(DiffusionPipeline):
             "```\n\n"
             f"Head: processing resolution {res}, resize mode {hc.resize_mode or 'squash'}, "
             f"tap widths {list(hc.in_channels)}.\n"
+            f"Tasks: {', '.join(self.tasks)}.\n"
         )
 
     # ------------------------------------------------------------------ checks
     def _resolution(self, processing_resolution: int | None) -> tuple[int, int]:
-        res = processing_resolution or self.head.config.processing_resolution
+        res = processing_resolution or self.primary_head.config.processing_resolution
         if res is None:
             warnings.warn(
                 f"the head does not record its training resolution; using {DEFAULT_RESOLUTION} "
@@ -228,7 +242,7 @@ class Diff2in1Pipeline(DiffusionPipeline):
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        mode = resize_mode or self.head.config.resize_mode or "squash"
+        mode = resize_mode or self.primary_head.config.resize_mode or "squash"
         if mode not in RESIZE_MODES:
             raise InputError(f"resize_mode must be one of {RESIZE_MODES}, got {mode!r}")
         size = self._resolution(processing_resolution)
@@ -253,24 +267,68 @@ class Diff2in1Pipeline(DiffusionPipeline):
         flipped left-right (their normals are flipped back, x negated). Returns normal
         (B, 3, h, w), kappa (B, 1, h, w).
         """
+        if self.head is None:
+            raise InputError("this pipeline has no normals head")
+        return self.predict_tasks_model_space(x, seed, ensemble_size, ("normals",))["normals"]
+
+    @torch.no_grad()
+    def predict_tasks_model_space(
+        self,
+        x: Tensor,
+        seed: int | list[int] = 0,
+        ensemble_size: int = 1,
+        tasks: tuple[str, ...] | None = None,
+    ) -> dict[str, tuple[Tensor, ...]]:
+        """Every head of `tasks` (default: all this pipeline has) on one backbone pass per ensemble
+        member, at the model size; seeds and members as `predict_model_space`.
+
+        Returns task -> tensors: normals (normal (B, 3, h, w), kappa (B, 1, h, w)); depth (log_depth,
+        log_scale) (B, 1, h, w) each; segmentation (logits (B, C, h, w),). Members are combined: the
+        normals by `combine_members`, depth by the mean log-depth and the mean scale b = exp(s)
+        (plus the members' spread), classes by the log of the mean probability.
+        """
         bb, b, size = self.backbone, x.shape[0], tuple(x.shape[-2:])
+        heads = {t: h for t, h in self.task_heads().items() if tasks is None or t in tasks}
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * b
         x = x.to(bb.device, torch.float32)
         flips = [k % 2 == 1 for k in range(ensemble_size)]
-        normals, kappas = [], []
+        members: dict[str, list[tuple[Tensor, ...]]] = {t: [] for t in heads}
         with self._autocast():
             posts = {False: bb.posterior(x)}
             if any(flips):
                 posts[True] = bb.posterior(x.flip(-1))
             for k, flip in enumerate(flips):
                 feats = bb.perceive(None, seeds=[member_seed(s, k) for s in seeds], posterior=posts[flip])
-                out = self.head(feats.to(torch.float32), image_size=size)
-                n, kap = out.normal.float(), out.kappa.float()
-                if flip:
-                    n, kap = n.flip(-1) * n.new_tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1), kap.flip(-1)
-                normals.append(n)
-                kappas.append(kap)
-        return combine_members(torch.stack(normals), torch.stack(kappas))
+                feats = feats.to(torch.float32)
+                for task, head in heads.items():
+                    out = head(feats, image_size=size)
+                    if task == "normals":
+                        n, kap = out.normal.float(), out.kappa.float()
+                        if flip:
+                            mirror = n.new_tensor([-1.0, 1.0, 1.0]).view(1, 3, 1, 1)
+                            n, kap = n.flip(-1) * mirror, kap.flip(-1)
+                        members[task].append((n, kap))
+                    elif task == "depth":
+                        maps = (out.log_depth.float(), out.log_scale.float())
+                        members[task].append(tuple(m.flip(-1) for m in maps) if flip else maps)
+                    else:
+                        logits = out.logits.float()
+                        members[task].append((logits.flip(-1) if flip else logits,))
+        result = {}
+        for task, ms in members.items():
+            if task == "normals":
+                stacked = [torch.stack([m[j] for m in ms]) for j in (0, 1)]
+                result[task] = combine_members(*stacked)
+            elif len(ms) == 1:
+                result[task] = ms[0]
+            elif task == "depth":
+                mu = torch.stack([m[0] for m in ms])
+                scale = torch.stack([m[1] for m in ms]).exp().mean(0) + mu.std(0, unbiased=False)
+                result[task] = (mu.mean(0), scale.log())
+            else:
+                probs = torch.stack([torch.softmax(m[0], 1) for m in ms]).mean(0)
+                result[task] = (probs.clamp_min(1e-12).log(),)
+        return result
 
     @torch.no_grad()
     def __call__(
@@ -285,8 +343,10 @@ class Diff2in1Pipeline(DiffusionPipeline):
         output_type: str = "np",
         show_progress_bar: bool = True,
         return_dict: bool = True,
+        tasks: str | list[str] | tuple[str, ...] | None = None,
     ) -> Diff2in1NormalsOutput | tuple:
-        """Surface normals and their uncertainty for one image or a list.
+        """Surface normals and their uncertainty for one image or a list; with depth and
+        segmentation heads, those tasks too, all from one backbone pass.
 
         image: PIL image, numpy array (HxW, HxWx3, HxWx4; uint8, uint16 or float in [0, 1]), tensor
         ((3, H, W) or (B, 3, H, W) in [-1, 1]), a file path, or a list of them.
@@ -295,27 +355,93 @@ class Diff2in1Pipeline(DiffusionPipeline):
         head's. ensemble_size: members combined by kappa-weighted mean (see `predict_model_space`).
         generator: seeds the noise: one generator (one draw serves every image) or a list with one
         per image; default a generator seeded with 0, so repeated calls agree. batch_size: images
-        per model pass (results do not depend on it). Returns a `Diff2in1NormalsOutput`, or with
-        `return_dict=False` the tuple (normals, kappa, uncertainty).
+        per model pass (results do not depend on it). tasks: "normals", "depth", "segmentation"
+        (a comma-separated string or a list; default: every task this pipeline has a head for); a
+        task without a head gives None. Returns a `Diff2in1NormalsOutput` (alias `Diff2in1Output`),
+        or with `return_dict=False` the tuple of its fields that are not None (for normals alone:
+        (normals, kappa, uncertainty)).
         """
         size, mode = self.check_inputs(
             processing_resolution, resize_mode, ensemble_size, batch_size, output_type
         )
+        wanted = self._tasks(tasks)
+        run = tuple(t for t in wanted if t in self.task_heads())
         images = self.image_processor.load(image)
         seeds = image_seeds(len(images), generator)
-        normals, kappas = [], []
-        with self._progress(len(images), "normals", "img", show_progress_bar) as bar:
+        maps: dict[str, list[tuple[Tensor, ...]]] = {t: [] for t in run}
+        desc = "normals" if run == ("normals",) else "perceive"
+        with self._progress(len(images), desc, "img", show_progress_bar) as bar:
             for start in range(0, len(images), batch_size):
                 chunk = images[start : start + batch_size]
                 prepped = [self._preprocess(x, size, mode) for x in chunk]
                 x = torch.stack([p[0] for p in prepped])
-                n, k = self.predict_model_space(x, seeds[start : start + batch_size], ensemble_size)
-                for i, (_, undo) in enumerate(prepped):
-                    normals.append(undo(n[i : i + 1], True, match_input_resolution))
-                    kappas.append(undo(k[i : i + 1], False, match_input_resolution))
+                chunk_seeds = seeds[start : start + batch_size]
+                pred = self.predict_tasks_model_space(x, chunk_seeds, ensemble_size, run)
+                for task, tensors in pred.items():
+                    for i, (_, undo) in enumerate(prepped):
+                        maps[task].append(
+                            tuple(
+                                undo(t[i : i + 1], task == "normals" and j == 0, match_input_resolution)
+                                for j, t in enumerate(tensors)
+                            )
+                        )
                 bar.update(len(chunk))
-        out = self._format(normals, kappas, output_type)
+        out = Diff2in1NormalsOutput()
+        if "normals" in maps:
+            out = self._format([m[0] for m in maps["normals"]], [m[1] for m in maps["normals"]], output_type)
+        extra = {}
+        if "depth" in maps:
+            extra["depth"], extra["depth_uncertainty"] = self._format_depth(maps["depth"], output_type)
+        if "segmentation" in maps:
+            classes, probs = self._format_classes(maps["segmentation"], output_type)
+            extra["classes"], extra["class_probabilities"] = classes, probs
+        for key, value in extra.items():
+            if value is not None:  # a None field stays out of the tuple
+                out[key] = value
         return out if return_dict else out.to_tuple()
+
+    def _tasks(self, tasks: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+        if tasks is None:
+            return self.tasks
+        names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks)]
+        unknown = [t for t in names if t not in ALL_TASKS]
+        if unknown or not names:
+            given = unknown[0] if unknown else ""
+            raise InputError(f"tasks: unknown task {given!r}; choose from {', '.join(ALL_TASKS)}")
+        return tuple(t for t in ALL_TASKS if t in names)
+
+    @staticmethod
+    def _pack(xs: list[Tensor], output_type: str, channels_last: bool = True) -> Any:
+        """Per-image (1, C, H, W) (or (1, H, W)) tensors -> a batch, or a list when sizes differ."""
+        same = len({tuple(x.shape[-2:]) for x in xs}) == 1
+        if output_type == "pt":
+            return torch.cat(xs) if same else [x[0] for x in xs]
+        if channels_last and xs[0].dim() == 4:
+            xs = [x.permute(0, 2, 3, 1) for x in xs]
+        return torch.cat(xs).numpy() if same else [x[0].numpy() for x in xs]
+
+    def _format_depth(self, maps: list[tuple[Tensor, Tensor]], output_type: str) -> tuple[Any, Any]:
+        from ..viz_tasks import depth_picture
+
+        likelihood = self.depth_head.config.likelihood
+        factor = 1.0 if likelihood == "laplace" else math.sqrt(2.0 / math.pi)
+        depth = [m[0].float().cpu().exp() for m in maps]
+        unc = [d * m[1].float().cpu().exp() * factor for d, m in zip(depth, maps, strict=True)]
+        if output_type == "pil":
+            pictures = [depth_picture(d[0, 0].numpy()) for d in depth]
+            return pictures, [depth_picture(u[0, 0].numpy()) for u in unc]
+        return self._pack(depth, output_type), self._pack(unc, output_type)
+
+    def _format_classes(self, maps: list[tuple[Tensor]], output_type: str) -> tuple[Any, Any]:
+        from ..viz_tasks import segmentation_picture
+
+        logits = [m[0].float().cpu() for m in maps]
+        classes = [lg.argmax(1) for lg in logits]  # (1, H, W)
+        if output_type == "pil":
+            class_list = self.segmentation_head.class_list()
+            return [segmentation_picture(c[0].numpy(), class_list) for c in classes], None
+        probs = [torch.softmax(lg, 1) for lg in logits]
+        return self._pack(classes, output_type), self._pack(probs, output_type)
 
     def _progress(self, total: int, desc: str, unit: str, show: bool) -> tqdm:
         """A progress bar: our desc and unit as defaults under the user's `set_progress_bar_config`
@@ -400,6 +526,8 @@ class Diff2in1Pipeline(DiffusionPipeline):
         DDIM step (total = steps x batches). Returns a `Diff2in1CreateOutput`, or with
         `return_dict=False` the tuple (images, normals, kappa, uncertainty).
         """
+        if self.head is None:
+            raise InputError("create needs a normals head (the creation head); this pipeline has none")
         size, _ = self.check_inputs(processing_resolution, "squash", 1, batch_size, output_type)
         if not 0 < t_start <= self.scheduler.config.num_train_timesteps:
             raise InputError(
@@ -448,84 +576,3 @@ class Diff2in1Pipeline(DiffusionPipeline):
             images=imgs, normals=fmt.normals, kappa=fmt.kappa, uncertainty=fmt.uncertainty
         )
         return out if return_dict else out.to_tuple()
-
-
-def image_seeds(
-    n: int,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    seed: int | list[int] | None = None,
-) -> list[int]:
-    """One seed per image: `seed` (one for all or one each), else drawn from `generator` (one
-    generator: one draw for every image; a list: one draw from each), default a generator seeded
-    with 0. InputError for both, or for a list of the wrong length."""
-    if seed is not None and generator is not None:
-        raise InputError("give either seed or generator, not both")
-    if seed is not None:
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * n
-        ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in seeds)
-        if len(seeds) != n or not ok:
-            raise InputError(f"seed must be an integer >= 0 or a list of {n} of them, got {seed!r}")
-        return [int(s) for s in seeds]
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != n:
-            raise InputError(f"{len(generator)} generators for {n} images")
-        return [draw_seed(g) for g in generator]
-    return [draw_seed(generator if generator is not None else torch.Generator().manual_seed(0))] * n
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    """One seed from a generator (advances it by one draw)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-
-
-def member_seed(seed: int, member: int) -> int:
-    """Seed of ensemble member `member` (member 0 uses `seed` itself)."""
-    return (int(seed) + 0x9E3779B1 * int(member)) & 0x7FFFFFFFFFFFFFFF
-
-
-def load_pipeline(
-    pipeline: str | Path | None = None,
-    backbone: str | Path | None = None,
-    head: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> Diff2in1Pipeline:
-    """A pipeline folder, or a backbone source + a head folder, on `device`; the frozen backbone in
-    `dtype` (the head stays float32 and runs under autocast). InputError naming the file otherwise."""
-    if pipeline is not None:
-        if backbone is not None or head is not None:
-            raise InputError("give either a pipeline folder or --backbone and --head, not both")
-        if resolve_pretrained(pipeline, local_files_only=True).kind == "shipped":
-            return Diff2in1Pipeline.from_pretrained(pipeline, dtype=dtype).to(device)
-        index = read_model_index(pipeline)
-        missing = [
-            c for c in ("vae", "unet", "text_encoder", "tokenizer", "scheduler", "head") if c not in index
-        ]
-        if missing:
-            raise InputError(
-                f"{pipeline}/model_index.json: not a diff2in1 pipeline (no {', '.join(missing)})"
-            )
-        try:
-            pipe = Diff2in1Pipeline.from_pretrained(pipeline, local_files_only=True, dtype=dtype)
-        except InputError:
-            raise
-        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(f"{pipeline}: cannot load the pipeline ({msg})") from None
-        pipe.to(device)
-    elif backbone is None or head is None:
-        raise InputError("give a pipeline folder, or both --backbone and --head")
-    else:
-        return Diff2in1Pipeline.from_backbone(backbone, head, device=device, dtype=dtype)
-    return pipe
-
-
-def read_model_index(folder: str | Path) -> dict:
-    """model_index.json of a pipeline folder, or InputError naming it."""
-    path = Path(folder) / "model_index.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{folder}: not a pipeline folder (no model_index.json)") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable ({e})") from None

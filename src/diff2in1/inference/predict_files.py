@@ -1,9 +1,16 @@
 """`diff2in1 predict`: the pipeline over image files and folders, writing pictures and arrays.
 
-Per input `<stem>`: `<stem>_normal.png` (8-bit colour picture), `<stem>_normal16.png` (16-bit,
-(n + 1) / 2 * 65535), `<stem>_normal.npy` (float32 H x W x 3), `<stem>_kappa.npy` (float32 H x W) and
-`<stem>_uncertainty.png` (expected angular error with a colour bar in degrees, one scale for the
-whole run); once per folder `normal_key.png`, the colour key of the normal maps.
+Per input `<stem>`, for a normal head: `<stem>_normal.png` (8-bit colour picture),
+`<stem>_normal16.png` (16-bit, (n + 1) / 2 * 65535), `<stem>_normal.npy` (float32 H x W x 3),
+`<stem>_kappa.npy` (float32 H x W) and `<stem>_uncertainty.png` (expected angular error with a
+colour bar in degrees, one scale for the whole run), and once per folder `normal_key.png`,
+the colour key of the normal maps. For a depth head: `<stem>_depth.npy` (float32 H x W metres),
+`<stem>_depth16.png` (16-bit millimetres, clipped at 65.535 m), `<stem>_depth.png` (colours with a
+colour bar in metres), `<stem>_depth_uncertainty.npy` (float32 H x W, expected absolute error in
+metres). For a segmentation head: `<stem>_classes.png` (8-bit class ids) and
+`<stem>_segmentation.png` (colours with a legend of class names). With a point cloud asked for
+(depth head needed): `<stem>.ply` (position, normal when there is a normal head, colour; see
+`point_cloud.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..path_overlap import refuse_overlap
 from ..regular_file import check_regular_file
+from .image_processor import Diff2in1ImageProcessor
 from .pipeline import Diff2in1Pipeline
+from .point_cloud import Intrinsics, point_cloud, write_ply
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 OUTPUT_SUFFIXES = ("_normal.png", "_normal16.png", "_uncertainty.png")
@@ -96,8 +105,16 @@ def predict_files(
     skip_bad_files: bool = False,
     progress: bool = True,
     uncertainty_max: float | None = None,
+    point_clouds: bool = False,
+    intrinsics: Intrinsics | None = None,
+    fov: float | None = None,
 ) -> PredictResult:
     """Predict every image under `inputs` into `out` (see the module docstring for the files).
+
+    Every task the pipeline has a head for is predicted from one backbone pass. `point_clouds`:
+    a PLY per image from its depth (the pipeline needs a depth head), with the camera's
+    `intrinsics` (pixels of the image as given), else a horizontal field of view `fov` in degrees,
+    else NYUv2's camera scaled to the image.
 
     Each image's result depends only on the image and the settings, not on its place in the list.
     With `skip_bad_files`, a file that cannot be read is listed in `skipped` instead of stopping the
@@ -108,6 +125,9 @@ def predict_files(
     from ..distributed import rank_world
 
     rank, world = rank_world()
+    if point_clouds and "depth" not in pipe.tasks:
+        have = ", ".join(pipe.tasks)
+        raise InputError(f"--point-cloud: needs a depth head (this pipeline has: {have})")
     files = collect_images(inputs, out)
     stems = output_stems(files)
     out_dir = Path(out)
@@ -116,7 +136,7 @@ def predict_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     proc = pipe.image_processor
     result = PredictResult()
-    if rank == 0:
+    if rank == 0 and "normals" in pipe.tasks:
         from ..viz import normal_key, save_png
 
         save_png(normal_key(), out_dir / "normal_key.png")
@@ -144,12 +164,31 @@ def predict_files(
                 show_progress_bar=False,
             )
             for j, i in enumerate(chunk):
-                normal, kappa = np.asarray(pred.normals[j]), np.asarray(pred.kappa[j])[..., 0]
-                if not (np.isfinite(normal).all() and np.isfinite(kappa).all()):
+                arrays = {
+                    k: np.asarray(getattr(pred, k)[j])
+                    for k in ("normals", "kappa", "depth", "depth_uncertainty", "classes")
+                    if getattr(pred, k) is not None
+                }
+                if not all(np.isfinite(a).all() for a in arrays.values()):
                     raise InputError(
                         f"{files[i]}: the prediction is not finite (NaN): check the head's weights"
                     )
-                write_prediction(pipe, out_dir, stems[i], normal, kappa, uncertainty_max)
+                if "normals" in arrays:
+                    normal, kappa = arrays["normals"], arrays["kappa"][..., 0]
+                    write_prediction(pipe, out_dir, stems[i], normal, kappa, uncertainty_max)
+                if "depth" in arrays:
+                    unc = arrays["depth_uncertainty"][..., 0]
+                    write_depth(out_dir, stems[i], arrays["depth"][..., 0], unc)
+                if "classes" in arrays:
+                    write_classes(pipe, out_dir, stems[i], arrays["classes"])
+                if point_clouds:
+                    image = proc.load(files[i])[0]  # (3, H, W) in [-1, 1]
+                    rgb = ((image.permute(1, 2, 0).numpy() + 1.0) / 2.0).clip(0.0, 1.0)
+                    depth = arrays["depth"][..., 0]
+                    h, w = depth.shape
+                    cam = intrinsics or (Intrinsics.from_fov(h, w, fov) if fov else Intrinsics.nyu(h, w))
+                    cloud = point_cloud(depth, arrays.get("normals"), rgb, cam)
+                    write_ply(out_dir / f"{stems[i]}.ply", cloud)
                 result.written.append(files[i])
         bar.update(len(mine[start : start + batch_size]))
     bar.close()
@@ -174,3 +213,32 @@ def write_prediction(
     proc.export_npy(kappa.astype(np.float32), out_dir / f"{stem}_kappa.npy")
     unc = proc.visualize_uncertainty(kappa, vmax_deg=uncertainty_max)[0]
     save_png(unc, out_dir / f"{stem}_uncertainty.png")
+
+
+def write_depth(out_dir: Path, stem: str, depth: np.ndarray, uncertainty: np.ndarray) -> None:
+    """depth and its uncertainty (H, W) metres -> `<stem>_depth.npy`, `_depth16.png`, `_depth.png`,
+    `_depth_uncertainty.npy`, each atomically."""
+    from PIL import Image
+
+    from ..atomic import atomic_path
+    from ..viz import save_png
+    from ..viz_tasks import depth_picture
+
+    Diff2in1ImageProcessor.export_npy(depth.astype(np.float32), out_dir / f"{stem}_depth.npy")
+    mm = np.clip(np.rint(np.nan_to_num(depth, nan=0.0) * 1000.0), 0, 65535).astype(np.uint16)
+    with atomic_path(out_dir / f"{stem}_depth16.png") as tmp:
+        Image.fromarray(mm).save(tmp, format="PNG")
+    save_png(depth_picture(depth), out_dir / f"{stem}_depth.png")
+    Diff2in1ImageProcessor.export_npy(
+        uncertainty.astype(np.float32), out_dir / f"{stem}_depth_uncertainty.npy"
+    )
+
+
+def write_classes(pipe: Diff2in1Pipeline, out_dir: Path, stem: str, classes: np.ndarray) -> None:
+    """class ids (H, W) -> `<stem>_classes.png` (8-bit ids) and `<stem>_segmentation.png` (legend)."""
+    from ..viz import save_png
+    from ..viz_tasks import segmentation_picture
+
+    save_png(classes.astype(np.uint8), out_dir / f"{stem}_classes.png")
+    picture = segmentation_picture(classes, pipe.segmentation_head.class_list())
+    save_png(picture, out_dir / f"{stem}_segmentation.png")

@@ -9,6 +9,12 @@ generation core). Sample k of source image i (its index in the sorted split) has
 it, so the data do not depend on batching, sharding or resuming, and
 `pipe.create(image, caption, seed=<that seed>, ...)` makes the same sample.
 
+With a head set (`depth_head`, `segmentation_head` beside the normal head), every head reads the
+same taps of the one UNet run per sample, and each sample also gets `depth/<id>.npy` (metres),
+`depth_unc/<id>.npy` (the expected absolute error, metres), `seg/<id>.png` (class ids),
+`seg_conf/<id>.npy` (the class confidence of `pseudo_labels.segmentation_confidence`), with the class
+list in `<out>/classes.json` (docs/multitask.md).
+
 Output: a dataset in the data layout of docs/method.md section 5
 (`<out>/train/{img,norm,norm_npy,kappa,caption}`), one
 `<out>/meta/<id>.json` per sample (written last: a sample is done iff it exists), and
@@ -20,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +41,7 @@ from ..creation import create_samples
 from ..data import NormalsDataset, write_sample
 from ..errors import InputError
 from ..fingerprint import check_head
-from ..heads import NormalHead
+from ..heads import NormalHead, folder_task, load_head
 from ..path_overlap import refuse_overlap
 from ..run_settings import check_recorded, defaults_of, record_settings
 from ..training.loop import mix_seed
@@ -107,8 +113,33 @@ DEFINING = (
 )
 
 
+EXTRA_TASKS = ("depth", "segmentation")  # creation heads beside the normal head
+
+
+def head_set(head: NormalHead | Mapping[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """task -> head: a lone normal head, or a head set that includes "normals"."""
+    heads = dict(head) if isinstance(head, Mapping) else {"normals": head}
+    if "normals" not in heads:
+        raise InputError("create-data: a head set needs the normal head (the creation head)")
+    unknown = [t for t in heads if t != "normals" and t not in EXTRA_TASKS]
+    if unknown:
+        raise InputError(f"create-data: unknown task {unknown[0]!r} in the head set")
+    return heads
+
+
+def head_fingerprints(heads: dict[str, torch.nn.Module]) -> dict[str, str]:
+    """`head_fingerprint` (the normal head, as a normals-only set records it) and
+    `<task>_head_fingerprint` per further head."""
+    out = {"head_fingerprint": fingerprint(heads["normals"])}
+    out.update({f"{t}_head_fingerprint": fingerprint(heads[t]) for t in EXTRA_TASKS if t in heads})
+    return out
+
+
 def check_or_record_settings(
-    cfg: CreateConfig, backbone: Backbone, head: NormalHead, strict: bool = True
+    cfg: CreateConfig,
+    backbone: Backbone,
+    head: NormalHead | Mapping[str, torch.nn.Module],
+    strict: bool = True,
 ) -> None:
     """Before the first sample: write `create_config.json` (the settings and the two models'
     fingerprints) into a new `cfg.out`, or refuse an existing one made with other settings (named).
@@ -117,19 +148,27 @@ def check_or_record_settings(
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    record = {
-        **to_plain(cfg),
-        "backbone_fingerprint": fingerprint(backbone),
-        "head_fingerprint": fingerprint(head),
-    }
+    heads = head_set(head)
+    plain = to_plain(cfg)
+    for task in EXTRA_TASKS:  # a normals-only record stays as it always was
+        if not plain.get(f"{task}_head"):
+            plain.pop(f"{task}_head", None)
+    prints = head_fingerprints(heads)
+    record = {**plain, "backbone_fingerprint": fingerprint(backbone), **prints}
     path = out / "create_config.json"
+    # which labels a sample holds is part of what it is
+    tasks = ["tasks"] if len(heads) > 1 else []
+    if len(heads) > 1:
+        record["tasks"] = list(heads)
+    labels = {"backbone_fingerprint": "backbone weights", "head_fingerprint": "head weights"}
+    labels.update({k: f"{k.removesuffix('_head_fingerprint')} head weights" for k in prints})
     if check_recorded(
         path,
         record,
         f"--out {out}: holds samples made with other settings",
         "finish it with the same settings or use another --out",
-        only=[*DEFINING, "backbone_fingerprint"] + (["head_fingerprint"] if strict else []),
-        labels={"backbone_fingerprint": "backbone weights", "head_fingerprint": "head weights"},
+        only=[*DEFINING, *tasks, "backbone_fingerprint"] + (list(prints) if strict else []),
+        labels=labels,
         defaults=to_plain(defaults_of(cfg)),
     ):
         return
@@ -144,7 +183,7 @@ def check_or_record_settings(
 def create_data(
     cfg: CreateConfig,
     backbone: Backbone,
-    head: NormalHead,
+    head: NormalHead | Mapping[str, torch.nn.Module],
     rank: int = 0,
     world: int = 1,
     progress: Callable | None = None,
@@ -153,12 +192,21 @@ def create_data(
     """Create the synthetic set of `cfg` into `cfg.out` (resumable; shard `cfg.shard` x processes).
 
     The folder records its settings before the first sample; continuing it with other settings is
-    refused (see `check_or_record_settings`)."""
+    refused (see `check_or_record_settings`). `head`: the normal creation head, or a head set
+    (task -> head, with "normals") whose heads all read each sample's last-step taps."""
+    from ..data.labels import write_class_list
+    from ..pseudo_labels import segmentation_confidence
+
     refuse_overlap(cfg.out, data=cfg.data, head=cfg.head or None, backbone=cfg.backbone)
     source = NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False, resize=cfg.resize)
     out = Path(cfg.out)
-    check_head(head, backbone, cfg.head or "head", str(backbone.source))
+    heads = head_set(head)
+    for task, h in heads.items():
+        name = (cfg.head if task == "normals" else getattr(cfg, f"{task}_head")) or f"{task} head"
+        check_head(h, backbone, name, str(backbone.source))
     check_or_record_settings(cfg, backbone, head, strict)
+    if "segmentation" in heads and rank == 0:
+        write_class_list(out / "classes.json", heads["segmentation"].class_list())
     clean_stale_tmp(out)
     shard_i, shard_n = parse_shard(cfg.shard)
     # Work item j = (source index j // K, k = j % K); this process takes every (n * world)-th.
@@ -176,7 +224,7 @@ def create_data(
         "guidance": cfg.guidance,
         "backbone": backbone.source,
         "backbone_fingerprint": fingerprint(backbone),
-        "head_fingerprint": fingerprint(head),
+        **head_fingerprints(heads),
         "resolution": list(cfg.resolution),
     }
     t0 = time.perf_counter()
@@ -194,7 +242,7 @@ def create_data(
         seeds = [sample_seed(cfg.seed, j // k_per, j % k_per) for j in jobs]
         made = create_samples(
             backbone,
-            head,
+            head if len(heads) == 1 else heads,  # a lone head: exactly the normals-only path
             torch.stack([it["image"] for it in items]),
             [it["caption"] for it in items],
             seeds,
@@ -203,12 +251,30 @@ def create_data(
             cfg.guidance,
             autocast=autocast_dtype(cfg.mixed_precision),
         )
-        pred = made.prediction
-        made_all = zip(jobs, items, seeds, made.rgb, pred.normal, pred.kappa, strict=True)
-        for j, it, seed, rgb, nrm, kap in made_all:
+        preds = made.prediction if len(heads) > 1 else {"normals": made.prediction}
+        pred = preds["normals"]
+        extra = [{} for _ in jobs]  # per sample: the other tasks' labels and their confidences
+        if "depth" in preds:
+            depth, unc = preds["depth"].depth, preds["depth"].uncertainty
+            for b, e in enumerate(extra):
+                e.update(depth=depth[b, 0].cpu().numpy(), depth_uncertainty=unc[b, 0].cpu().numpy())
+        if "segmentation" in preds:
+            logits = preds["segmentation"].logits
+            classes, conf = logits.argmax(dim=1), segmentation_confidence(logits)
+            for b, e in enumerate(extra):
+                e.update(classes=classes[b].cpu().numpy(), class_confidence=conf[b, 0].cpu().numpy())
+        made_all = zip(jobs, items, seeds, made.rgb, pred.normal, pred.kappa, extra, strict=True)
+        for j, it, seed, rgb, nrm, kap, labels in made_all:
             sid = sample_id(it["id"], j % k_per)
             write_sample(
-                out, SPLIT, sid, _to_hwc(rgb), _to_hwc(nrm), it["caption"], kappa=kap[0].cpu().numpy()
+                out,
+                SPLIT,
+                sid,
+                _to_hwc(rgb),
+                _to_hwc(nrm),
+                it["caption"],
+                kappa=kap[0].cpu().numpy(),
+                **labels,
             )
             meta = {
                 "id": sid,
@@ -263,7 +329,12 @@ def run_create(cfg: CreateConfig) -> CreateResult:
 
     from ..info import best_device
 
-    refuse_overlap(cfg.out, data=cfg.data, head=cfg.head, backbone=cfg.backbone)  # before any model
+    extra = {t: getattr(cfg, f"{t}_head") for t in EXTRA_TASKS if getattr(cfg, f"{t}_head")}
+    heads_given = [cfg.head, *extra.values()]
+    refuse_overlap(cfg.out, data=cfg.data, head=heads_given, backbone=cfg.backbone)  # before any model
+    for task, folder in extra.items():
+        if folder_task(folder) != task:
+            raise InputError(f"{folder}: a {folder_task(folder)} head, but a {task} head is expected here")
     NormalsDataset(cfg.data, cfg.split, size=cfg.resolution, labels=False, resize=cfg.resize)
     parse_shard(cfg.shard)
     state = PartialState(cpu=cfg.device == "cpu")
@@ -271,8 +342,10 @@ def run_create(cfg: CreateConfig) -> CreateResult:
     if cfg.device == "auto" and state.num_processes == 1:
         device = torch.device(best_device())
     head = NormalHead.from_pretrained(cfg.head).to(device)  # small: a bad head fails before the backbone
+    heads = {"normals": head, **{t: load_head(f, t, device) for t, f in extra.items()}}
     backbone = load_backbone(cfg.backbone, device=device, dtype=weights_dtype(cfg.mixed_precision))
-    result = create_data(cfg, backbone, head, rank=state.process_index, world=state.num_processes)
+    what = heads if extra else head
+    result = create_data(cfg, backbone, what, rank=state.process_index, world=state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:
         write_manifest(cfg.out)

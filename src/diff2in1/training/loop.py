@@ -94,6 +94,7 @@ class LoopResult:
     losses: list[float] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason) left out of the data
+    label_counts: dict[str, int] = field(default_factory=dict)  # task -> samples carrying its label
 
 
 def make_accelerator(cfg: TrainConfig):
@@ -123,22 +124,30 @@ def run_training(
     run: RunDir,
     dataset: Dataset,
     models: dict[str, nn.Module],
-    trained: str,
+    trained: str | list[str],
     step_fn: Callable[[dict[str, nn.Module], dict, int], torch.Tensor],
     accelerator,
     resume: bool = False,
     after_step: Callable[[int], None] | None = None,
     before_epoch: Callable[[int], Dataset | None] | None = None,
+    log_extra: Callable[[], dict[str, torch.Tensor]] | None = None,
 ) -> LoopResult:
     """Train `models[trained]` with Adam on `step_fn(models, batch, global_step) -> loss`.
+
+    `trained` may be a list of names: those models train together, one Adam over their parameters
+    in that order (the multi-task warm-up's heads, one per task).
 
     `models` are all saved in checkpoints and in the resume state (e.g. the creation head of
     the self-improving stage, updated by `after_step(optimizer_steps)` after each optimizer step).
     `step` counts batches (with `grad_accum` > 1, several per optimizer step).
     `before_epoch(epoch)` may return a new dataset (re-created synthetic data).
+    `log_extra()` after a step: more scalar tensors for log.csv (e.g. each task's loss), averaged
+    over processes like the loss.
     """
-    opt = torch.optim.Adam(models[trained].parameters(), lr=cfg.lr)
-    models[trained], opt = accelerator.prepare(models[trained], opt)
+    names = [trained] if isinstance(trained, str) else list(trained)
+    opt = torch.optim.Adam([p for n in names for p in models[n].parameters()], lr=cfg.lr)
+    *prepared, opt = accelerator.prepare(*[models[n] for n in names], opt)
+    models.update(zip(names, prepared, strict=True))
     start_epoch, start_batch, step = 0, 0, 0
     losses: list[float] = []
     if resume and run.has_state():
@@ -209,8 +218,9 @@ def run_training(
             )
             for b, batch in enumerate(bar, start=first):
                 t0 = time.perf_counter()
-                models[trained].train()
-                with accelerator.accumulate(models[trained]):
+                for n in names:
+                    models[n].train()
+                with accelerator.accumulate(*[models[n] for n in names]):
                     loss = step_fn(models, batch, step)
                     accelerator.backward(loss)
                     opt.step()
@@ -221,6 +231,10 @@ def run_training(
                     # With gradient accumulation, an optimizer step happens every grad_accum batches.
                     after_step(step // cfg.grad_accum)
                 value = float(accelerator.reduce(loss.detach(), "mean"))
+                extra = {
+                    k: float(accelerator.reduce(v.detach().float(), "mean"))
+                    for k, v in (log_extra() if log_extra is not None else {}).items()
+                }
                 losses.append(value)
                 if by_steps:
                     bar.set_description(_bar_label(cfg, epoch, step, by_steps), refresh=False)
@@ -232,6 +246,7 @@ def run_training(
                             "epoch": epoch + 1,
                             "batch": b + 1,
                             "loss": value,
+                            **extra,
                             "seconds": round(time.perf_counter() - t0, 4),
                         }
                     )

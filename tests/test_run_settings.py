@@ -57,7 +57,7 @@ def test_record_and_read_json_and_yaml(tmp_path):
     with pytest.raises(InputError, match=r"bad.json: unreadable .*; use another --out"):
         read_settings(tmp_path / "bad.json", hint="use another --out")
     (tmp_path / "list.yaml").write_text("- 1\n")
-    with pytest.raises(InputError, match="expected a mapping"):
+    with pytest.raises(InputError, match="list.yaml: a config file must be a mapping"):  # the config reader's
         read_settings(tmp_path / "list.yaml")
 
 
@@ -79,13 +79,18 @@ def test_a_record_made_before_a_setting_existed_counts_it_as_its_default(tmp_pat
 
     @dataclass
     class Cfg:
+        data: str = "d"
+        backbone: str = "b"
+        out: str = str(tmp_path / "run")
+        seed: int = 0
         lr: float = 0.1
         weighting: str = "research"  # a setting newer than the record below
 
     run = RunDir(tmp_path / "run")
     (run.state_dir).mkdir(parents=True)
     (run.state_dir / "state.json").write_text("{}")
-    run.config_path.write_text(yaml.safe_dump({"lr": 0.1}))  # written before `weighting` existed
+    old = {"data": "d", "backbone": "b", "out": str(tmp_path / "run"), "seed": 0, "lr": 0.1}
+    run.config_path.write_text(yaml.safe_dump(old))  # written before `weighting` existed
     run.check(Cfg(), resume=True)  # at its default: the old run resumes
     with pytest.raises(InputError, match=r"weighting: None -> 'other'"):
         run.check(Cfg(weighting="other"), resume=True)

@@ -8,21 +8,27 @@ checked before any model loads (torch itself would fail deep inside a model load
 from __future__ import annotations
 
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 _FORM = re.compile(r"(auto|cpu|mps|cuda)(?::(\d+))?")
 
 
 def _has_mps() -> bool:
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
 
 def available_devices() -> list[str]:
     """The device names this machine can run on: cpu, cuda:0..N-1, mps."""
+    import torch
+
     names = ["cpu"]
     if torch.cuda.is_available():
         names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
@@ -34,6 +40,10 @@ def available_devices() -> list[str]:
 def check_device(name: str | None, flag: str = "--device") -> str:
     """`name` normalised ('auto' for None/''), or InputError naming what this machine has."""
     text = "auto" if name in (None, "") else str(name).strip().lower()
+    if text in ("auto", "cpu"):  # every machine has them; no torch import (command-line checks)
+        return text
+    import torch
+
     m = _FORM.fullmatch(text)
     have = ", ".join(["auto", *available_devices()])
     if not m or (m.group(2) is not None and m.group(1) != "cuda"):
@@ -52,6 +62,8 @@ def check_device(name: str | None, flag: str = "--device") -> str:
 
 def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
     """The torch device for `name` (checked; `auto` picks cuda, then mps, then cpu)."""
+    import torch
+
     text = check_device(name, flag)
     if text == "auto":
         from .info import best_device

@@ -94,8 +94,6 @@ def _at_most(limit: int, parse: Callable[[str], int]) -> Callable[[str], int]:
 
 def _size(text: str) -> tuple[int, int]:
     """ "512" or "480x640" -> (height, width), at most limits.MAX_RESOLUTION a side."""
-    from .limits import MAX_RESOLUTION
-
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:

@@ -48,7 +48,7 @@ def image_errors(name: str | os.PathLike, what: str = "cannot decode image") -> 
 
 def _too_large(name: str | os.PathLike, w: int, h: int, limit: int | None) -> None:
     if limit is not None and w * h > limit:
-        raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {limit:,} pixels)")
+        raise InputError(f"{name}: image too large ({w}x{h} pixels, limit {limit})")
 
 
 def png_header(

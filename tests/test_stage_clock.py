@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from diff2in1.stage_clock import StageClock, duration
+from diff2in1.workflows.stage_clock import StageClock, duration
 
 
 def test_headers_say_where_the_run_is_and_estimate_what_is_left():

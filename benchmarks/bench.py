@@ -6,7 +6,7 @@ Stages, each timed as the package runs it (the stage code itself is called, not 
   taps               VAE encode + one UNet pass with the feature taps (`Backbone.perceive`)
   warmup_step        one warm-up training step: features (no grad) + head (train) + loss + backward + Adam
   predict            `NormalPredictor` on a batch
-  create_sample      one created sample (`stages.create.create_batch`): DDIM + VAE decode + head; timed
+  create_sample      one created sample (`creation.create_samples`): DDIM + VAE decode + head; timed
                      with `--steps` DDIM steps and, when that is fewer than `--full-steps` (50), the
                      full-length time extrapolated with the measured time of one UNet pass (said so)
   self_improve_step  features + creation head (eval, no grad) + exploitation training step
@@ -29,6 +29,11 @@ printed as a fraction of this run's dense matmul FLOP/s (2048x2048 torch.mm, fp3
 Memory: CUDA: `torch.cuda.max_memory_allocated`. CPU: the process's peak resident set (Linux
 VmHWM, reset per stage through /proc/self/clear_refs; otherwise psutil sampled every 5 ms, or
 ru_maxrss), as the absolute peak and as the rise above the resident set at the stage's start.
+
+`--batched 1,8,32` measures instead the throughput of the user's batched calls at each batch size
+B: perception images/s (`pipe(images, batch_size=B)`) and creation samples/s (`pipe.create(images,
+batch_size=B)`, `--steps` measured and extrapolated to `--full-steps` as above), with each size's
+peak memory; a size that does not fit in GPU memory is reported as such and larger ones skipped.
 
 `main(argv)` is the entry point. `--smoke` is the few-second CI form.
 """
@@ -422,11 +427,11 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     )
     from diff2in1.backbone import ddim_inference_steps, load_backbone
     from diff2in1.config import CreateConfig, WarmupConfig
+    from diff2in1.creation import create_samples
     from diff2in1.errors import InputError
     from diff2in1.heads import HeadConfig, NormalHead
     from diff2in1.inference.predictor import NormalPredictor
     from diff2in1.losses import head_loss
-    from diff2in1.stages.create import create_batch
     from diff2in1.stages.self_improve import mixed_targets
     from diff2in1.stages.warmup import StepCaches, perception_step
     from diff2in1.training.feature_cache import PosteriorCache
@@ -558,8 +563,16 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     # (4) one created sample, `--steps` DDIM steps; extrapolated to `--full-steps`
     ccfg = CreateConfig(steps=args.steps, mixed_precision=args.dtype if amp is not None else "no")
     m_create = measure(
-        lambda i: create_batch(
-            backbone, head, images, captions, [mix_seed(SEED, 7, i, j) for j in range(bsz)], ccfg
+        lambda i: create_samples(
+            backbone,
+            head,
+            images,
+            captions,
+            [mix_seed(SEED, 7, i, j) for j in range(bsz)],
+            ccfg.t_start,
+            ccfg.steps,
+            ccfg.guidance,
+            autocast=amp,
         ),
         args.repeat,
         args.warmup,
@@ -595,7 +608,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             with torch.no_grad(), autocast():
                 feats = backbone.perceive(images, seeds=[mix_seed(SEED, i, j) for j in range(bsz)])
             feats = feats.to(torch.float32)
-            target, mask = mixed_targets(c_call, feats, size, batch)
+            target, mask, _ = mixed_targets(c_call, feats, size, batch)
             out = e_call.train()(feats, image_size=size, gt_mask=mask, point_seeds=points(i))
             head_loss(out, target, mask).backward()
             e_opt.step()
@@ -702,6 +715,136 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     report["config"]["loadavg_end"] = loadavg()
     report["wall_seconds"] = time.perf_counter() - wall0
     return report
+
+
+def run_batched(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Images/s of the pipeline's batched perception and samples/s of its batched creation at each
+    batch size of `args.batched` (one call = B images; `args.repeat` timed calls, median)."""
+    from diff2in1 import Diff2in1Pipeline
+    from diff2in1.backbone import load_backbone
+    from diff2in1.heads import HeadConfig, NormalHead
+
+    wall0 = time.perf_counter()
+    device = resolve_device(args.device)
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    amp = torch.bfloat16 if args.dtype == "bf16" else None
+    res = args.resolution
+    backbone = load_backbone(args.backbone, device=device, seed=0, dtype=amp or torch.float32)
+    torch.manual_seed(0)
+    in_ch = tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
+    small = args.smoke or args.head == "small"
+    cfg = HeadConfig.small(in_ch) if small else dataclasses.replace(HeadConfig.reference(), in_channels=in_ch)
+    pipe = Diff2in1Pipeline.from_backbone(backbone, NormalHead.from_head_config(cfg).to(device))
+    timer = ModuleTimer({"unet": backbone.unet}, device)
+    images = make_batch(max(args.batched), res, device)["image"]
+    report: dict = {
+        "config": {
+            "backbone": args.backbone,
+            "head": "small" if small else "reference",
+            "resolution": res,
+            "dtype": args.dtype,
+            "steps_measured": args.steps,
+            "steps_full": args.full_steps,
+            "repeat": args.repeat,
+            "warmup": args.warmup,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_start": loadavg(),
+            "torch": torch.__version__,
+        },
+        "batched": {},
+    }
+    log(
+        f"bench --batched: {args.backbone}, {res}x{res}, {args.dtype}, {device} "
+        f"({report['config']['device_name']}), threads {torch.get_num_threads()}, "
+        f"load average at start {report['config']['loadavg_start']}"
+    )
+    for b in args.batched:
+        x = images[:b]
+        seeds = list(range(b))
+        row: dict = {}
+        try:
+            m = measure(
+                lambda i, x=x: pipe(
+                    x, processing_resolution=res, batch_size=len(x), output_type="pt", show_progress_bar=False
+                ),
+                args.repeat,
+                args.warmup,
+                device,
+                timer,
+            )
+            row["perception"] = stage_record(m, b)
+            m = measure(
+                lambda i, x=x, seeds=seeds: pipe.create(
+                    x,
+                    steps=args.steps,
+                    seed=seeds,
+                    processing_resolution=res,
+                    batch_size=len(x),
+                    output_type="pt",
+                    show_progress_bar=False,
+                ),
+                args.repeat,
+                args.warmup,
+                device,
+                timer,
+            )
+        except torch.cuda.OutOfMemoryError:
+            log(f"  batch {b}: out of GPU memory; larger batches skipped")
+            report["batched"][str(b)] = {"fits": False}
+            torch.cuda.empty_cache()
+            break
+        unet_pass = statistics.median(m.passes["unet"])
+        measured = statistics.median(m.seconds)
+        full = extrapolate(measured, unet_pass, args.steps, args.full_steps)
+        row["creation"] = stage_record(m, b, per_call_s=full)
+        report["memory_method"] = m.memory_method
+        row["creation"].update(measured_sec_per_call=measured, unet_pass_s=unet_pass)
+        row["fits"] = True
+        report["batched"][str(b)] = row
+        log(
+            f"  batch {b}: perception {row['perception']['images_per_s']:.2f} images/s, "
+            f"creation {row['creation']['images_per_s']:.4f} samples/s"
+        )
+    timer.remove()
+    report["config"]["loadavg_end"] = loadavg()
+    report.setdefault("memory_method", "")
+    report["wall_seconds"] = time.perf_counter() - wall0
+    return report
+
+
+def format_batched(report: dict) -> str:
+    c = report["config"]
+    full = f"{c['steps_full']} steps" + (
+        f", extrapolated from {c['steps_measured']} measured" if c["steps_measured"] < c["steps_full"] else ""
+    )
+    lines = [
+        f"diff2in1 bench --batched  {c['backbone']} / {c['head']} head, {c['resolution']}x{c['resolution']}, "
+        f"{c['dtype']}, {c['device']} ({c['device_name']}), threads {c['threads']}, "
+        f"repeat {c['repeat']} (+{c['warmup']} untimed)",
+        f"load average at start {c['loadavg_start']}, at end {c['loadavg_end']}; "
+        f"wall {report['wall_seconds']:.0f} s",
+        "",
+        f"{'batch':>5} {'perception img/s':>17} {'s/image':>8} {'peak MB':>8} "
+        f"{'creation samples/s':>19} {'s/sample':>9} {'peak MB':>8}",
+    ]
+    for b, r in report["batched"].items():
+        if not r["fits"]:
+            lines.append(f"{b:>5} does not fit in memory")
+            continue
+        p, cr = r["perception"], r["creation"]
+        lines.append(
+            f"{b:>5} {p['images_per_s']:>17.2f} {_fmt_s(p['sec_per_image']):>8} {p['peak_mb']:>8.0f} "
+            f"{cr['images_per_s']:>19.4f} {_fmt_s(cr['sec_per_image']):>9} {cr['peak_mb']:>8.0f}"
+        )
+    lines += [
+        f"perception: pipe(images, batch_size=B); creation: pipe.create(images, batch_size=B), {full}",
+        f"memory: {report['memory_method']}, absolute peak per row",
+    ]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ equivalence (smoke / --check)
@@ -842,11 +985,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="also compare baseline and ours numerically")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument(
+        "--batched",
+        metavar="SIZES",
+        type=_sizes,
+        help="instead of the stage table: images/s (perception) and samples/s (creation) of the "
+        "pipeline's batched calls at these batch sizes, e.g. 1,8,32",
+    )
+    p.add_argument(
+        "--head",
+        choices=("small", "reference"),
+        help="head widths (default: reference; small with --smoke)",
+    )
+    p.add_argument(
         "--smoke",
         action="store_true",
         help="a few seconds: tiny backbone, 64x64, small head, 1 repeat, 3 DDIM steps, with --check",
     )
     return p
+
+
+def _sizes(text: str) -> list[int]:
+    """argparse type: comma-separated batch sizes >= 1, e.g. "1,8,32"."""
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be integers >= 1, got {text!r}")
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -861,8 +1027,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.steps <= args.full_steps <= 600 or args.batch < 1 or args.repeat < 1 or args.warmup < 0:
         raise SystemExit("bench: need 0 < --steps <= --full-steps <= 600, --batch >= 1, --repeat >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = run_benchmark(args, log=lambda s: print(s, file=sys.stderr, flush=True))
-    print(format_table(report))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.batched:
+        report = run_batched(args, log=log)
+        print(format_batched(report))
+    else:
+        report = run_benchmark(args, log=log)
+        print(format_table(report))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

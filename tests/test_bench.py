@@ -157,3 +157,22 @@ def test_peak_memory_sees_an_allocation():
         time.sleep(0.05)  # long enough for the sampling fallback (psutil every 5 ms) to see it
         del x
     assert mem.delta_mb > 40 and mem.peak_mb >= mem.delta_mb
+
+
+def test_batched_table_reports_each_batch_size(tmp_path, capsys):
+    out = tmp_path / "batched.json"
+    assert bench.main(["--smoke", "--batched", "1,2", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["batched"]) == ["1", "2"]
+    for b, row in report["batched"].items():
+        assert row["fits"]
+        for kind in ("perception", "creation"):
+            assert row[kind]["images_per_s"] == pytest.approx(int(b) / row[kind]["sec_per_call"])
+            assert row[kind]["peak_mb"] > 0
+        # 3 measured DDIM steps, reported for 50: the extrapolation adds 47 UNet passes
+        assert row["creation"]["sec_per_call"] > row["creation"]["measured_sec_per_call"]
+        assert row["creation"]["module_calls_per_call"]["unet"] == 3
+    table = capsys.readouterr().out
+    assert "creation samples/s" in table and "extrapolated from 3 measured" in table
+    with pytest.raises(SystemExit):
+        bench.main(["--batched", "0,8"])

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from diff2in1.config import CreateConfig, SelfImproveConfig
+from diff2in1.creation import create_samples
 from diff2in1.data import NormalsDataset, read_sample
 from diff2in1.heads import NormalHead
-from diff2in1.stages.create import create_batch, create_data, write_manifest
+from diff2in1.stages.create import create_data, sample_seed, write_manifest
 from diff2in1.stages.self_improve import ema_due, ema_update, mixed_targets, train_self_improve
 from diff2in1.training.loop import mix_seed
 
@@ -119,7 +120,9 @@ def test_synthetic_normals_are_the_head_on_the_last_step_taps(scenes_root, tiny_
     ds = NormalsDataset(scenes_root, "train", size=(64, 64), labels=False)
     item = ds[0]
     seeds = [mix_seed(cfg.seed, 0, 0)]
-    made = create_batch(tiny_backbone, head, item["image"][None], [item["caption"]], seeds, cfg)
+    made = create_samples(
+        tiny_backbone, head, item["image"][None], [item["caption"]], seeds, cfg.t_start, cfg.steps
+    ).prediction
     # By hand: the same draws, DDIM to the end, then the head on the taps of a UNet pass at t=1
     # on the latent just before the last step.
     bb = tiny_backbone
@@ -136,8 +139,8 @@ def test_synthetic_normals_are_the_head_on_the_last_step_taps(scenes_root, tiny_
         x = ap.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - ap).sqrt() * eps
     _, feats = bb.unet_forward(x, 1, cond, features=True)
     ref = head.eval()(feats, image_size=(64, 64))
-    assert torch.allclose(made["normal"], ref.normal, atol=1e-4)
-    assert torch.allclose(made["kappa"], ref.kappa, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(made.normal, ref.normal, atol=1e-4)
+    assert torch.allclose(made.kappa, ref.kappa, rtol=1e-4, atol=1e-4)
 
 
 def test_ema_rule_and_schedule(head):
@@ -162,7 +165,8 @@ def test_targets_mix_ground_truth_and_creation_predictions(tiny_backbone, head):
         "normal": gt,
         "mask": torch.ones(2, 1, 64, 64, dtype=bool),
     }
-    target, mask = mixed_targets(head, feats, (64, 64), batch)
+    target, mask, weight = mixed_targets(head, feats, (64, 64), batch)
+    assert weight is None  # the research labels: every synthetic pixel alike
     assert torch.equal(target[0], gt[0])
     assert torch.allclose(target[1], head.eval()(feats, image_size=(64, 64)).normal[1], atol=1e-6)
     assert mask.all()
@@ -261,3 +265,58 @@ def test_recreate_every_makes_new_sets_with_the_current_creation_head(
         assert len(lines) == 8
         prints.append({json.loads(x)["head_fingerprint"] for x in lines})
     assert len(prints[0]) == len(prints[1]) == 1 and prints[0] != prints[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe(tiny_backbone, head):
+    from diff2in1 import Diff2in1Pipeline
+
+    return Diff2in1Pipeline.from_backbone(tiny_backbone, head)
+
+
+def test_pipe_create_with_a_samples_seed_remakes_the_create_data_sample(
+    scenes_root, tmp_path, tiny_pipe
+):
+    out = tmp_path / "syn"
+    create_data(_ccfg(scenes_root, out, samples_per_image=2), tiny_pipe.backbone, tiny_pipe.head)
+    meta = json.loads((out / "meta" / "scene_000003_syn1.json").read_text())
+    assert meta["seed"] == sample_seed(42, 3, 1)
+    made = tiny_pipe.create(
+        scenes_root / "train" / "img" / "scene_000003.png",
+        meta["caption"],
+        t_start=60,
+        steps=3,
+        seed=meta["seed"],
+        processing_resolution=64,
+        show_progress_bar=False,
+    )
+    saved = read_sample(out, "train", "scene_000003_syn1")
+    assert np.abs(np.round(made.images[0] * 255) - saved.image.astype(float)).max() <= 1
+    saved_normal = np.load(out / "train" / "norm_npy" / "scene_000003_syn1.npy")
+    assert np.abs(made.normals[0] - saved_normal).max() < 1e-4
+    assert np.allclose(made.kappa[0, ..., 0], saved.kappa, rtol=1e-3, atol=1e-3)
+    other = tiny_pipe.create(
+        scenes_root / "train" / "img" / "scene_000003.png",
+        meta["caption"],
+        t_start=60,
+        steps=3,
+        seed=meta["seed"] + 1,
+        show_progress_bar=False,
+    )
+    assert np.abs(other.images[0] - made.images[0]).max() > 1e-3  # the seed matters
+
+
+def test_a_created_sample_is_the_same_alone_and_in_a_batch_of_three(scenes_root, tiny_pipe):
+    ds = NormalsDataset(scenes_root, "train", size=(64, 64), labels=False)
+    images = [ds[i]["image"] for i in (0, 1, 2)]
+    kw = dict(t_start=60, steps=3, show_progress_bar=False)
+    alone = tiny_pipe.create(images[1], "a room", seed=11, **kw)
+    batch = tiny_pipe.create(images, ["a", "a room", "b"], seed=[5, 11, 7], batch_size=3, **kw)
+    assert batch.images.shape == (3, 64, 64, 3)
+    assert np.abs(batch.images[1] - alone.images[0]).max() < 1e-4
+    assert np.abs(batch.normals[1] - alone.normals[0]).max() < 1e-4
+    # One generator per image: the same as the seeds drawn from them, one at a time.
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    by_gen = tiny_pipe.create(images, "a room", generator=gens, batch_size=2, **kw)
+    third = tiny_pipe.create(images[2], "a room", generator=torch.Generator().manual_seed(3), **kw)
+    assert np.abs(by_gen.images[2] - third.images[0]).max() < 1e-4

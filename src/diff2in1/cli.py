@@ -432,6 +432,17 @@ def _train_self_improve(p: argparse.ArgumentParser) -> None:
         type=_non_negative_int,
         help="re-create the synthetic set with the creation head every k epochs (0 = never)",
     )
+    p.add_argument(
+        "--pseudo-labels",
+        choices=["research", "weighted", "filtered"],
+        help="synthetic labels: research (default: every pixel alike), weighted by the creation head's "
+        "confidence, or filtered to pixels at or above --pseudo-label-quantile of their image",
+    )
+    p.add_argument(
+        "--pseudo-label-quantile",
+        type=float,
+        help="with --pseudo-labels filtered: the confidence quantile a pixel must reach (default 0.5)",
+    )
 
     def run(a: argparse.Namespace) -> None:
         from .config import SelfImproveConfig, load_config

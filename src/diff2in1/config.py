@@ -61,6 +61,10 @@ class SelfImproveConfig(TrainConfig):
     ema_decay: float = 0.998
     ema_every: int = 10
     recreate_every: int = 0  # re-create the synthetic set with the creation head every k epochs
+    # research (every synthetic pixel alike) | weighted (by the creation head's confidence) |
+    # filtered (only pixels at or above the confidence quantile of their image); docs/method.md section 8
+    pseudo_labels: str = "research"
+    pseudo_label_quantile: float = 0.5
     create: dict[str, Any] = field(default_factory=dict)  # CreateConfig overrides for re-creation
 
 

@@ -27,6 +27,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "ema_decay": (lambda v: 0.0 <= v <= 1.0, "between 0 and 1"),
     "ema_every": (lambda v: v >= 1, "at least 1"),
     "recreate_every": (lambda v: v >= 0, "0 (never) or more"),
+    "pseudo_label_quantile": (lambda v: 0.0 <= v < 1.0, "at least 0 and below 1"),
     "samples_per_image": (lambda v: v >= 1, "at least 1"),
     "t_start": (lambda v: 1 <= v <= 1000, "between 1 and 1000"),
     "steps": (lambda v: v >= 1, "at least 1"),
@@ -39,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mixed_precision": ("no", "bf16", "fp16"),
     "feature_cache": ("none", "memory", "disk"),
     "resize": ("research", "nearest"),
+    "pseudo_labels": ("research", "weighted", "filtered"),
 }
 
 

@@ -163,3 +163,17 @@ class CalibrationAccumulator:
             "mean_predicted": float(self.pred_sum.sum() / total) if total else float("nan"),
             "mean_observed": float(self.obs_sum.sum() / total) if total else float("nan"),
         }
+
+
+
+# Depth and segmentation metrics live in their own module; importable from here too.
+from diff2in1.dense_metrics import (  # noqa: E402, F401
+    DEPTH_KEYS,
+    DepthAccumulator,
+    SegmentationAccumulator,
+    confusion_matrix,
+    depth_metrics,
+    eigen_crop_mask,
+    metrics_from_confusion,
+    segmentation_metrics,
+)

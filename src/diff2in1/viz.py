@@ -281,7 +281,7 @@ def add_colorbar(rgb: np.ndarray, vmax: float, vmin: float = 0.0, unit: str = "�
     font = default_font(max(11, h // 24))
     if not isinstance(font, ImageFont.FreeTypeFont) and unit == "°":
         unit = " deg"  # the bitmap fallback font has no degree sign
-    ticks = nice_ticks(vmax, vmin)
+    ticks = nice_ticks(vmax, vmin, degrees=unit in ("°", " deg"))  # angle-friendly steps for angles only
     labels = [f"{t:g}{unit}" for t in ticks]
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     boxes = [probe.textbbox((0, 0), s, font=font) for s in labels]

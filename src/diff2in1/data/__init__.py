@@ -11,10 +11,12 @@ from diff2in1.data.layout import (
     read_sample,
     write_sample,
 )
+from diff2in1.data.multitask import MultiTaskDataset
 from diff2in1.data.scenes import Camera, Scene, SceneSpec, make_scenes, render, render_scene
 
 __all__ = [
     "Camera",
+    "MultiTaskDataset",
     "NormalsDataset",
     "Sample",
     "Scene",

@@ -6,6 +6,9 @@
 <root>/<split>/caption/<id>.txt    one line of text
 <root>/<split>/norm_npy/<id>.npy   optional, float32 HxWx3 (same axis order as the PNG), invalid = (0, 0, 0)
 <root>/<split>/kappa/<id>.npy      optional, float32 HxW confidence (synthetic data)
+<root>/<split>/depth/<id>.png      optional, 16-bit depth in millimetres (0 = none), or
+<root>/<split>/depth/<id>.npy      optional, float depth in metres (0 = none; read before the PNG)
+<root>/<split>/seg/<id>.png        optional, 8-bit class ids of <root>/classes.json (255 = ignore)
 ```
 
 Files pair by identical stem `<id>`. The float normals are the lossless copy of the PNG; where both
@@ -68,6 +71,8 @@ class Sample:
     normal: np.ndarray | None = None  # float32 HxWx3, zeros where invalid
     mask: np.ndarray | None = None  # bool HxW
     kappa: np.ndarray | None = None  # float32 HxW
+    depth: np.ndarray | None = None  # float32 HxW metres, 0 = none
+    classes: np.ndarray | None = None  # uint8 HxW class ids, 255 = ignore
 
 
 def split_dir(root: str | os.PathLike, split: str) -> Path:
@@ -101,6 +106,32 @@ def sample_paths(root: str | os.PathLike, split: str, sample_id: str) -> SampleP
         normal_npy=d / NORM_NPY_DIR / f"{sample_id}.npy",
         caption=d / CAPTION_DIR / f"{sample_id}.txt",
         kappa=d / KAPPA_DIR / f"{sample_id}.npy",
+    )
+
+
+@dataclass(frozen=True)
+class LabelPaths:
+    """Where the depth and class-map files of one sample live (whether or not they exist)."""
+
+    depth_png: Path
+    depth_npy: Path
+    seg: Path
+
+    @property
+    def depth(self) -> Path | None:
+        """The depth file to read: the lossless .npy where it exists, else the PNG; None if neither."""
+        if self.depth_npy.is_file():
+            return self.depth_npy
+        return self.depth_png if self.depth_png.is_file() else None
+
+
+def label_paths(root: str | os.PathLike, split: str, sample_id: str) -> LabelPaths:
+    from diff2in1.data.labels import DEPTH_DIR, SEG_DIR
+
+    d = split_dir(root, split)
+    depth_dir = d / DEPTH_DIR
+    return LabelPaths(
+        depth_dir / f"{sample_id}.png", depth_dir / f"{sample_id}.npy", d / SEG_DIR / f"{sample_id}.png"
     )
 
 
@@ -184,6 +215,8 @@ def write_sample(
     mask: np.ndarray | None = None,
     kappa: Any | None = None,
     float_normals: bool = True,
+    depth: Any | None = None,
+    classes: Any | None = None,
 ) -> SamplePaths:
     """Write one sample; each file atomically.
 
@@ -191,6 +224,8 @@ def write_sample(
     (or 3xHxW), or None for an unlabelled sample (image + caption only). mask: bool HxW of valid
     normals (default: finite, non-zero vectors); invalid pixels are written as zeros in both files.
     kappa: optional HxW confidence. float_normals: also write the lossless `norm_npy/<id>.npy`.
+    depth: optional HxW metres (0 / non-finite = none) -> `depth/<id>.npy`; classes: optional HxW
+    integer class ids (255 = ignore) -> `seg/<id>.png`.
     """
     if not sample_id or "/" in sample_id or sample_id.startswith("."):
         raise InputError(f"invalid sample id {sample_id!r}")
@@ -212,6 +247,17 @@ def write_sample(
         if k.shape != (h, w):
             raise InputError(f"{sample_id}: kappa has shape {k.shape}, expected {(h, w)}")
         save_npy(d / KAPPA_DIR / f"{sample_id}.npy", k)
+    if depth is not None or classes is not None:
+        from diff2in1.data.labels import write_depth, write_seg
+
+        lp = label_paths(root, split, sample_id)
+        for what, arr in (("depth", depth), ("class map", classes)):
+            if arr is None:
+                continue
+            a = np.asarray(arr.detach().cpu().numpy() if hasattr(arr, "detach") else arr)
+            if a.shape != (h, w):
+                raise InputError(f"{sample_id}: {what} has shape {a.shape}, expected {(h, w)}")
+            write_depth(lp.depth_npy, a) if what == "depth" else write_seg(lp.seg, a)
     # Captions are one line: newlines inside would be read back as a different caption.
     save_text(d / CAPTION_DIR / f"{sample_id}.txt", " ".join(str(caption).split()) + "\n")
     # The image goes last: list_ids() keys on images, so a half-written sample is not listed.
@@ -242,9 +288,15 @@ def read_normal(paths: SamplePaths, float_normals: FloatNormals = "auto") -> tup
 
 
 def read_sample(
-    root: str | os.PathLike, split: str, sample_id: str, float_normals: FloatNormals = "auto"
+    root: str | os.PathLike,
+    split: str,
+    sample_id: str,
+    float_normals: FloatNormals = "auto",
+    all_labels: bool = False,
 ) -> Sample:
-    """Read one sample. Normals/kappa are None when their files are absent; a missing caption is ""."""
+    """Read one sample. Normals/kappa are None when their files are absent; a missing caption is "".
+    `all_labels`: also read its depth and class map (`Sample.depth`, `Sample.classes`; None where
+    absent)."""
     paths = sample_paths(root, split, sample_id)
     image = load_rgb(paths.image)
     normal = mask = kappa = None
@@ -257,8 +309,46 @@ def read_sample(
             )
     if paths.kappa.is_file():
         kappa = load_npy(paths.kappa).astype(np.float32)
+    depth = classes = None
+    if all_labels:
+        depth, classes = read_labels(root, split, sample_id, image.shape[:2], paths.image)
     caption = read_caption(paths.caption)
-    return Sample(sample_id, image, caption or "", normal, mask, kappa)
+    return Sample(sample_id, image, caption or "", normal, mask, kappa, depth, classes)
+
+
+def read_labels(
+    root: str | os.PathLike,
+    split: str,
+    sample_id: str,
+    size: tuple[int, int],
+    image: Path | str,
+    num_classes: int | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(depth metres HxW or None, class ids HxW or None) of a sample whose image is `size` (H, W).
+
+    A label map of another size than the image is a one-line error naming the file.
+    """
+    from diff2in1.data.labels import read_depth, read_seg
+
+    lp = label_paths(root, split, sample_id)
+    depth = classes = None
+    if lp.depth is not None:
+        depth = read_depth(lp.depth)
+        check_label_size(lp.depth, depth.shape, size, image)
+    if lp.seg.is_file():
+        classes = read_seg(lp.seg, num_classes)
+        check_label_size(lp.seg, classes.shape, size, image)
+    return depth, classes
+
+
+def check_label_size(
+    path: Path | str, shape: tuple[int, ...], size: tuple[int, int], image: Path | str
+) -> None:
+    """A one-line InputError naming `path` when its map's (H, W) differs from the image's."""
+    if tuple(shape[:2]) != tuple(size):
+        raise InputError(
+            f"{path}: size {shape[1]}x{shape[0]} does not match image {image} ({size[1]}x{size[0]})"
+        )
 
 
 def is_complete(root: str | os.PathLike, split: str, sample_id: str, float_normals: bool = True) -> bool:
@@ -272,6 +362,7 @@ __all__ = [
     "CAPTION_DIR",
     "IMG_DIR",
     "KAPPA_DIR",
+    "LabelPaths",
     "NORM_DIR",
     "NORM_NPY_DIR",
     "TMP_SUFFIX",
@@ -280,9 +371,12 @@ __all__ = [
     "decode_normal_png",
     "encode_normal_png",
     "find_image",
+    "check_label_size",
     "is_complete",
+    "label_paths",
     "list_ids",
     "read_caption",
+    "read_labels",
     "read_normal",
     "read_sample",
     "sample_paths",

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..atomic import disk_error
 from ..errors import InputError
 from ..path_overlap import refuse_overlap
+from .labels import CLASSES_FILE
 from .layout import list_ids
 
 
@@ -34,8 +35,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def merge_datasets(original: str | Path, synthetic: list[str | Path], out: str | Path) -> int:
-    """Hard-link (or copy) every split of `original` and the train split of each synthetic set
-    into `out`. Ids must not collide; returns the number of files placed."""
+    """Hard-link (or copy) every split of `original` (and its class list) and the train split of
+    each synthetic set into `out`. Ids must not collide; returns the number of files placed."""
     original, out = Path(original), Path(out)
     refuse_overlap(out, data=original, synthetic=[str(p) for p in synthetic])
     splits = [d.name for d in original.iterdir() if (d / "img").is_dir()] if original.is_dir() else []
@@ -57,6 +58,8 @@ def merge_datasets(original: str | Path, synthetic: list[str | Path], out: str |
             for f in sorted(sub.iterdir()):
                 if f.is_file() and not f.name.startswith("."):
                     plan.append((f, out / split / sub.name / f.name))
+    if (original / CLASSES_FILE).is_file():  # the class list of the seg/ class maps
+        plan.append((original / CLASSES_FILE, out / CLASSES_FILE))
     for src, dst in plan:
         _link_or_copy(src, dst)
     return len(plan)

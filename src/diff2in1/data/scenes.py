@@ -22,322 +22,42 @@ World frame of the scene description: y up, the floor at y = 0; yaw 0 looks alon
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-CV_TO_DATASET = np.array([-1.0, -1.0, -1.0], dtype=np.float32)
-"""Multiply an outward normal in the OpenCV camera frame by this to get the stored convention."""
-
-FLOOR, CEILING, WALL_X0, WALL_X1, WALL_Z0, WALL_Z1 = range(6)
-WINDOW = -1  # surface id of pixels seen through the window (invalid normals)
-FIRST_OBJECT = 6
-_EPS = 1e-6
-
-PALETTE: dict[str, tuple[float, float, float]] = {
-    "red": (0.75, 0.12, 0.10),
-    "green": (0.15, 0.55, 0.20),
-    "blue": (0.12, 0.25, 0.70),
-    "yellow": (0.85, 0.75, 0.15),
-    "orange": (0.90, 0.45, 0.10),
-    "purple": (0.45, 0.18, 0.60),
-    "white": (0.88, 0.88, 0.86),
-    "gray": (0.45, 0.45, 0.47),
-    "black": (0.08, 0.08, 0.09),
-    "brown": (0.42, 0.26, 0.13),
-    "pink": (0.90, 0.50, 0.60),
-    "teal": (0.10, 0.50, 0.50),
-}
-WALL_COLORS: dict[str, tuple[float, float, float]] = {
-    "white": (0.86, 0.85, 0.82),
-    "beige": (0.82, 0.74, 0.60),
-    "gray": (0.60, 0.61, 0.63),
-    "light blue": (0.62, 0.72, 0.82),
-    "pale green": (0.66, 0.76, 0.62),
-    "yellow": (0.86, 0.80, 0.52),
-}
-
-
-def cv_to_dataset(normal_cv: np.ndarray) -> np.ndarray:
-    """Outward normals in the OpenCV camera frame (..., 3) -> the dataset convention."""
-    return (np.asarray(normal_cv, dtype=np.float32) * CV_TO_DATASET).astype(np.float32)
-
-
-def _rot_y(angle: float) -> np.ndarray:
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-# ---------------------------------------------------------------------------- description
-
-
-@dataclass
-class Material:
-    """A procedural texture. kind: "wood", "tiles", "checker", "noise" or "solid"."""
-
-    kind: str
-    color: tuple[float, float, float]
-    name: str = ""
-    color2: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    scale: float = 0.5  # metres per plank / tile / checker square
-    seed: int = 0  # drives the noise pattern
-
-    def albedo(self, uv: np.ndarray, p: np.ndarray) -> np.ndarray:
-        """Albedo (M, 3) in [0, 1] at surface coordinates uv (M, 2) / world points p (M, 3)."""
-        rng = np.random.default_rng(self.seed)
-        c1, c2 = np.asarray(self.color), np.asarray(self.color2)
-        u, v = uv[:, 0], uv[:, 1]
-        if self.kind == "wood":
-            # Planks along u; per-plank tint, wavy grain, dark seams between planks.
-            k = np.floor(v / self.scale)
-            tint = 0.85 + 0.3 * np.modf(np.abs(np.sin(k * 12.9898 + self.seed) * 43758.5453))[0]
-            grain = np.sin(u * rng.uniform(9, 15) + 2.5 * np.sin(v * 7.0 + k) + k * 1.7)
-            shade = tint * (0.9 + 0.1 * grain)
-            seam = np.modf(np.abs(v / self.scale))[0] < 0.04
-            shade = np.where(seam, 0.45, shade)
-            return np.clip(c1[None] * shade[:, None], 0, 1)
-        if self.kind in ("tiles", "checker"):
-            check = (np.floor(u / self.scale) + np.floor(v / self.scale)) % 2 == 0
-            out = np.where(check[:, None], c1[None], c2[None])
-            if self.kind == "tiles":  # grout lines
-                fu, fv = np.modf(np.abs(u / self.scale))[0], np.modf(np.abs(v / self.scale))[0]
-                grout = (np.minimum(fu, 1 - fu) < 0.03) | (np.minimum(fv, 1 - fv) < 0.03)
-                out = np.where(grout[:, None], 0.8 * np.ones(3)[None], out)
-            return out * (1.0 + 0.04 * _sines(p, rng, 3, 3.0))[:, None]
-        if self.kind == "noise":
-            n = _sines(p, rng, 4, 2.5)
-            return np.clip(c1[None] * (1.0 + 0.12 * n)[:, None], 0, 1)
-        # "solid": object colour with mild noise
-        return np.clip(c1[None] * (1.0 + 0.06 * _sines(p, rng, 3, 6.0))[:, None], 0, 1)
-
-
-def _sines(p: np.ndarray, rng: np.random.Generator, n: int, freq: float) -> np.ndarray:
-    """Cheap smooth noise in [-1, 1]: the mean of n random 3-D plane waves."""
-    dirs = rng.normal(size=(n, 3))
-    dirs *= (freq * rng.uniform(0.5, 1.5, size=n) / np.linalg.norm(dirs, axis=1))[:, None]
-    phase = rng.uniform(0, 2 * np.pi, size=n)
-    return np.sin(p @ dirs.T + phase).mean(axis=1)
-
-
-@dataclass
-class Window:
-    """A rectangular opening in a wall; rays through it escape (invalid normals).
-
-    u: horizontal wall coordinate (x for z-walls, z for x-walls), v: height; both in metres.
-    """
-
-    wall: int
-    u0: float
-    u1: float
-    v0: float
-    v1: float
-
-
-@dataclass
-class Room:
-    x0: float
-    x1: float
-    z0: float
-    z1: float
-    height: float
-    floor: Material
-    walls: Material
-    ceiling: Material
-    window: Window | None = None
-
-    def material(self, face: int) -> Material:
-        return self.floor if face == FLOOR else self.ceiling if face == CEILING else self.walls
-
-    def contains(self, p: np.ndarray) -> bool:
-        x, y, z = p
-        return self.x0 < x < self.x1 and 0.0 < y < self.height and self.z0 < z < self.z1
-
-    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exit distance t (N,) and face id (N,) of rays starting inside the room."""
-        lo = np.array([self.x0, 0.0, self.z0])
-        hi = np.array([self.x1, self.height, self.z1])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_axes = np.where(d > 0, (hi - o) / d, np.where(d < 0, (lo - o) / d, np.inf))
-        axis = np.argmin(t_axes, axis=1)
-        t = t_axes[np.arange(len(d)), axis]
-        positive = d[np.arange(len(d)), axis] > 0
-        # axis 0 -> x walls, 1 -> floor/ceiling, 2 -> z walls; "positive" means the hi side.
-        face_lo = np.array([WALL_X0, FLOOR, WALL_Z0])
-        face_hi = np.array([WALL_X1, CEILING, WALL_Z1])
-        face = np.where(positive, face_hi[axis], face_lo[axis])
-        return t, face
-
-
-ROOM_NORMALS = {  # outward normal of each room surface as seen from inside (pointing into the room)
-    FLOOR: (0.0, 1.0, 0.0),
-    CEILING: (0.0, -1.0, 0.0),
-    WALL_X0: (1.0, 0.0, 0.0),
-    WALL_X1: (-1.0, 0.0, 0.0),
-    WALL_Z0: (0.0, 0.0, 1.0),
-    WALL_Z1: (0.0, 0.0, -1.0),
-}
-
-
-def _room_uv(face: int, p: np.ndarray) -> np.ndarray:
-    if face in (FLOOR, CEILING):
-        return p[:, [0, 2]]
-    if face in (WALL_X0, WALL_X1):
-        return p[:, [2, 1]]
-    return p[:, [0, 1]]
-
-
-@dataclass
-class Box:
-    """A box resting on its base; rotated by `yaw` (radians) about the vertical axis."""
-
-    center: tuple[float, float, float]
-    half: tuple[float, float, float]
-    yaw: float
-    material: Material
-    noun: str = "box"
-
-    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        r = _rot_y(self.yaw)  # world_from_local
-        ol = (o - np.asarray(self.center)) @ r  # row vectors: x @ R == R^T x
-        dl = d @ r
-        h = np.asarray(self.half)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t1 = (-h - ol) / dl
-            t2 = (h - ol) / dl
-        tmin = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf)
-        tmax = np.nan_to_num(np.maximum(t1, t2), nan=np.inf)
-        axis = np.argmax(tmin, axis=1)
-        idx = np.arange(len(d))
-        tnear, tfar = tmin[idx, axis], tmax.min(axis=1)
-        hit = (tnear <= tfar) & (tnear > _EPS)
-        n_local = np.zeros_like(dl)
-        n_local[idx, axis] = -np.sign(dl[idx, axis])
-        return np.where(hit, tnear, np.inf), n_local @ r.T
-
-
-@dataclass
-class Sphere:
-    center: tuple[float, float, float]
-    radius: float
-    material: Material
-    noun: str = "sphere"
-
-    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c = np.asarray(self.center)
-        oc = o - c
-        b = d @ oc
-        disc = b * b - (oc @ oc - self.radius**2)
-        t = -b - np.sqrt(np.maximum(disc, 0.0))
-        hit = (disc >= 0) & (t > _EPS)
-        t = np.where(hit, t, np.inf)
-        p = o + np.where(hit, t, 0.0)[:, None] * d
-        return t, (p - c) / self.radius
-
-
-@dataclass
-class Cylinder:
-    """A vertical cylinder: axis through (x, z) = center_xz, from height y0 to y1."""
-
-    center_xz: tuple[float, float]
-    radius: float
-    y0: float
-    y1: float
-    material: Material
-    noun: str = "cylinder"
-
-    def intersect(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cx, cz = self.center_xz
-        ox, oz = o[0] - cx, o[2] - cz
-        dx, dz = d[:, 0], d[:, 2]
-        a = dx * dx + dz * dz
-        b = ox * dx + oz * dz
-        disc = b * b - a * (ox * ox + oz * oz - self.radius**2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t_side = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
-            y_side = o[1] + t_side * d[:, 1]
-            side = (disc >= 0) & (a > 1e-12) & (t_side > _EPS) & (y_side >= self.y0) & (y_side <= self.y1)
-            t_side = np.where(side, t_side, np.inf)
-            caps = []
-            for y_cap in (self.y1, self.y0):
-                t_cap = (y_cap - o[1]) / d[:, 1]
-                px, pz = ox + t_cap * dx, oz + t_cap * dz
-                ok = (t_cap > _EPS) & (px * px + pz * pz <= self.radius**2)
-                caps.append(np.where(ok, t_cap, np.inf))
-        t_all = np.stack([t_side, caps[0], caps[1]], axis=1)
-        which = np.argmin(t_all, axis=1)
-        t = t_all[np.arange(len(d)), which]
-        t_fin = np.where(np.isfinite(t), t, 0.0)
-        n = np.zeros_like(d)
-        n[:, 0] = (ox + t_fin * dx) / self.radius
-        n[:, 2] = (oz + t_fin * dz) / self.radius
-        n[which == 1] = (0.0, 1.0, 0.0)
-        n[which == 2] = (0.0, -1.0, 0.0)
-        return t, n
-
-
-SceneObject = Box | Sphere | Cylinder
-
-
-@dataclass
-class Camera:
-    """Pinhole camera. yaw about world +y (0 looks along +z), pitch > 0 looks up, roll about the view axis."""
-
-    position: tuple[float, float, float]
-    yaw: float = 0.0
-    pitch: float = 0.0
-    roll: float = 0.0
-    fov_deg: float = 60.0  # horizontal field of view
-
-    def rotation(self) -> np.ndarray:
-        """world_from_camera 3x3; its columns are the camera's x (right), y (down), z (forward)."""
-        cp, sp = np.cos(self.pitch), np.sin(self.pitch)
-        fwd = np.array([np.sin(self.yaw) * cp, sp, np.cos(self.yaw) * cp])
-        right = np.cross(fwd, [0.0, 1.0, 0.0])
-        right /= np.linalg.norm(right)
-        down = np.cross(fwd, right)
-        cr, sr = np.cos(self.roll), np.sin(self.roll)
-        right, down = cr * right + sr * down, -sr * right + cr * down
-        return np.stack([right, down, fwd], axis=1)
-
-    def focal(self, width: int) -> float:
-        return (width / 2.0) / np.tan(np.radians(self.fov_deg) / 2.0)
-
-    def rays_camera(self, height: int, width: int) -> np.ndarray:
-        """Unit ray directions in the camera (OpenCV) frame, (H*W, 3), row-major over pixels."""
-        f = self.focal(width)
-        u = (np.arange(width) + 0.5 - width / 2.0) / f
-        v = (np.arange(height) + 0.5 - height / 2.0) / f
-        d = np.empty((height, width, 3))
-        d[..., 0] = u[None, :]
-        d[..., 1] = v[:, None]
-        d[..., 2] = 1.0
-        d = d.reshape(-1, 3)
-        return d / np.linalg.norm(d, axis=1, keepdims=True)
-
-
-@dataclass
-class SceneSpec:
-    room: Room
-    objects: list[SceneObject] = field(default_factory=list)
-    light: tuple[float, float, float] = (0.0, 2.5, 2.0)
-    light_power: float = 1.0
-    ambient: float = 0.25
-    shadows: bool = True
-    noise_seed: int | None = None  # per-pixel sensor noise; None = no noise
-
-
-@dataclass
-class Scene:
-    """A rendered sample. normal: float32 HxWx3 in the dataset convention, zeros where mask is False."""
-
-    image: np.ndarray  # uint8 HxWx3
-    normal: np.ndarray  # float32 HxWx3
-    mask: np.ndarray  # bool HxW
-    caption: str
-    depth: np.ndarray  # float32 HxW, distance along z_cam (inf through the window)
-    surface: np.ndarray  # int16 HxW: room face id, FIRST_OBJECT + object index, or WINDOW
-
+from .scene_model import (
+    CEILING,
+    CV_TO_DATASET,
+    EPS,
+    FIRST_OBJECT,
+    FLOOR,
+    IGNORE_CLASS,
+    OBJECT_CLASS,
+    PALETTE,
+    ROOM_NORMALS,
+    SCENE_CLASS_COLORS,
+    SCENE_CLASS_NAMES,
+    WALL_COLORS,
+    WALL_X0,
+    WALL_X1,
+    WALL_Z0,
+    WALL_Z1,
+    WINDOW,
+    Box,
+    Camera,
+    Cylinder,
+    Material,
+    Room,
+    Scene,
+    SceneObject,
+    SceneSpec,
+    Sphere,
+    Window,
+    cv_to_dataset,
+    room_uv,
+    rot_y,
+)
 
 # ---------------------------------------------------------------------------- rendering
 
@@ -373,7 +93,7 @@ def render(spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid
 
     win = spec.room.window
     if win is not None:
-        uv = _room_uv(win.wall, p)
+        uv = room_uv(win.wall, p)
         through = (surf == win.wall) & (uv[:, 0] >= win.u0) & (uv[:, 0] <= win.u1)
         through &= (uv[:, 1] >= win.v0) & (uv[:, 1] <= win.v1)
         surf[through] = WINDOW
@@ -384,7 +104,7 @@ def render(spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid
         if s == WINDOW:
             continue
         if s < FIRST_OBJECT:
-            albedo[sel] = spec.room.material(int(s)).albedo(_room_uv(int(s), p[sel]), p[sel])
+            albedo[sel] = spec.room.material(int(s)).albedo(room_uv(int(s), p[sel]), p[sel])
         else:
             albedo[sel] = spec.objects[s - FIRST_OBJECT].material.albedo(p[sel][:, [0, 1]], p[sel])
 
@@ -407,7 +127,8 @@ def render(spec: SceneSpec, camera: Camera, size: int | tuple[int, int], invalid
     normal[~mask] = 0.0
     depth = np.where(sky, np.inf, t * d_cam[:, 2]).astype(np.float32).reshape(h, w)
     surface = surf.reshape(h, w)
-    return Scene(image, normal, mask, caption_for(spec, surface), depth, surface)
+    classes = class_map(spec, surface)
+    return Scene(image, normal, mask, caption_for(spec, surface), depth, surface, classes)
 
 
 def _lighting(spec: SceneSpec, p: np.ndarray, n: np.ndarray, surf: np.ndarray) -> np.ndarray:
@@ -435,15 +156,15 @@ def _intersect_many(obj: SceneObject, origins: np.ndarray, dirs: np.ndarray) -> 
         b = np.einsum("ij,ij->i", dirs, oc)
         disc = b * b - (np.einsum("ij,ij->i", oc, oc) - obj.radius**2)
         t = -b - np.sqrt(np.maximum(disc, 0.0))
-        return np.where((disc >= 0) & (t > _EPS), t, np.inf)
+        return np.where((disc >= 0) & (t > EPS), t, np.inf)
     if isinstance(obj, Box):
-        r = _rot_y(obj.yaw)
+        r = rot_y(obj.yaw)
         ol, dl, hh = (origins - np.asarray(obj.center)) @ r, dirs @ r, np.asarray(obj.half)
         with np.errstate(divide="ignore", invalid="ignore"):
             t1, t2 = (-hh - ol) / dl, (hh - ol) / dl
         tnear = np.nan_to_num(np.minimum(t1, t2), nan=-np.inf).max(axis=1)
         tfar = np.nan_to_num(np.maximum(t1, t2), nan=np.inf).min(axis=1)
-        return np.where((tnear <= tfar) & (tnear > _EPS), tnear, np.inf)
+        return np.where((tnear <= tfar) & (tnear > EPS), tnear, np.inf)
     # Cylinder: the side test suffices for shadows cast onto the floor and walls.
     cx, cz = obj.center_xz
     ox, oz = origins[:, 0] - cx, origins[:, 2] - cz
@@ -454,8 +175,22 @@ def _intersect_many(obj: SceneObject, origins: np.ndarray, dirs: np.ndarray) -> 
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
     y = origins[:, 1] + t * dirs[:, 1]
-    ok = (disc >= 0) & (a > 1e-12) & (t > _EPS) & (y >= obj.y0) & (y <= obj.y1)
+    ok = (disc >= 0) & (a > 1e-12) & (t > EPS) & (y >= obj.y0) & (y <= obj.y1)
     return np.where(ok, t, np.inf)
+
+
+def class_map(spec: SceneSpec, surface: np.ndarray) -> np.ndarray:
+    """Semantic classes (uint8, ids of SCENE_CLASSES) of a surface-id map; 255 through the window.
+
+    All four walls are one class ("wall"); objects are classed by kind (box, sphere, cylinder).
+    """
+    lut = np.full(FIRST_OBJECT + 1 + len(spec.objects), IGNORE_CLASS, np.uint8)  # index = surface id + 1
+    lut[FLOOR + 1], lut[CEILING + 1] = SCENE_CLASS_NAMES.index("floor"), SCENE_CLASS_NAMES.index("ceiling")
+    for face in (WALL_X0, WALL_X1, WALL_Z0, WALL_Z1):
+        lut[face + 1] = SCENE_CLASS_NAMES.index("wall")
+    for i, obj in enumerate(spec.objects):
+        lut[FIRST_OBJECT + 1 + i] = SCENE_CLASS_NAMES.index(OBJECT_CLASS[type(obj).__name__])
+    return lut[surface.astype(np.int64) + 1]
 
 
 def caption_for(spec: SceneSpec, surface: np.ndarray, min_fraction: float = 0.002) -> str:
@@ -628,30 +363,50 @@ def make_scenes(
     progress: bool = True,
 ) -> dict[str, int]:
     """Write a procedural dataset in the data layout of docs/method.md section 5
-    (img, norm, norm_npy, caption; train/test).
+    (img, norm, norm_npy, caption; train/test), with exact depth (`depth/<id>.npy`, metres along
+    the camera axis, 0 through the window) and class maps (`seg/<id>.png`, 255 through the window)
+    of the classes in `<out_root>/classes.json` (SCENE_CLASS_NAMES).
 
     Resumable: a sample whose files all exist is skipped. Returns {"written": n, "skipped": n}.
     """
     from tqdm import tqdm
 
-    from diff2in1.data.layout import is_complete, write_sample
+    from diff2in1.data.labels import CLASSES_FILE, write_class_list
+    from diff2in1.data.layout import is_complete, label_paths, write_sample
 
     out_root = Path(out_root)
     jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
     written = skipped = 0
+    if jobs and not (out_root / CLASSES_FILE).is_file():
+        write_class_list(out_root / CLASSES_FILE, scene_classes())
     for split, i in tqdm(jobs, desc="scenes", unit="img", disable=not progress):
         sid = scene_id(i)
-        if is_complete(out_root, split, sid, float_normals=True):
+        lp = label_paths(out_root, split, sid)
+        labelled = lp.depth_npy.is_file() and lp.seg.is_file()
+        if labelled and is_complete(out_root, split, sid, float_normals=True):
             skipped += 1
             continue
         scene = render_scene(np.random.default_rng(scene_seed(seed, split, i)), size)
-        write_sample(out_root, split, sid, scene.image, scene.normal, scene.caption, mask=scene.mask)
+        write_sample(
+            out_root, split, sid, scene.image, scene.normal, scene.caption, mask=scene.mask,
+            depth=scene.depth, classes=scene.classes,
+        )  # fmt: skip
         written += 1
     return {"written": written, "skipped": skipped}
 
 
+def scene_classes():
+    """The scenes' class list (a `ClassList`: SCENE_CLASS_NAMES with their colours)."""
+    from diff2in1.data.labels import ClassList
+
+    return ClassList(SCENE_CLASS_NAMES, SCENE_CLASS_COLORS)
+
+
 __all__ = [
     "CV_TO_DATASET",
+    "IGNORE_CLASS",
+    "SCENE_CLASS_COLORS",
+    "SCENE_CLASS_NAMES",
     "Box",
     "Camera",
     "Cylinder",
@@ -661,11 +416,13 @@ __all__ = [
     "SceneSpec",
     "Sphere",
     "Window",
+    "class_map",
     "cv_to_dataset",
     "make_scenes",
     "random_spec",
     "render",
     "render_scene",
+    "scene_classes",
     "scene_id",
     "scene_seed",
 ]

@@ -146,6 +146,8 @@ def infer_config(
             ),
             refine_hidden=_dim(decoder, "out_conv_res4.0.weight", 0, d),
         )
+    except InputError:  # a missing or misshapen tensor, already named (an InputError is a ValueError)
+        raise
     except ValueError as e:
         raise InputError(f"{fusion_path} + {decoder_path}: widths do not form a valid head ({e})") from None
 

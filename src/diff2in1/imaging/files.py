@@ -30,6 +30,8 @@ def image_errors(name: str | os.PathLike, what: str = "cannot decode image") -> 
     """Turn every way PIL fails on a file into one InputError line naming `name`."""
     try:
         yield
+    except InputError:  # already one line naming the file (an InputError is a ValueError)
+        raise
     except FileNotFoundError:
         kind = "broken link" if os.path.islink(name) else "file not found"
         raise InputError(f"{name}: {kind}") from None

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..backbone import Backbone, load_backbone, method_scheduler
+from ..backbone import Backbone, ddim_inference_steps, load_backbone, method_scheduler
+from ..creation import create_samples
 from ..errors import InputError
 from ..fingerprint import backbone_fingerprint, check_head
 from ..heads import NormalHead
@@ -78,6 +79,25 @@ class Diff2in1Pipeline(DiffusionPipeline):
     backbone source (preset, diffusers folder, original single file) and a head folder with
     `from_backbone`. `save_pretrained` writes a folder `from_pretrained` loads (model_index.json,
     one subfolder per component, safetensors) with a model card.
+
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diff2in1 import Diff2in1Pipeline
+
+        >>> pipe = Diff2in1Pipeline.from_pretrained("diff2in1-nyu").to("cuda")
+        >>> out = pipe("photo.jpg")  # or a list of images, with batch_size=...
+        >>> out.normals.shape, out.uncertainty.shape  # (1, H, W, 3) unit normals, (1, H, W, 1) degrees
+        >>> normals, kappa, uncertainty = pipe("photo.jpg", return_dict=False)
+
+        >>> new = pipe.create(["a.jpg", "b.jpg"], caption="a living room",
+        ...                   generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+        >>> new.images, new.normals  # (2, 512, 512, 3) new images in [0, 1] and their normals
+        ```
+
+    Bad arguments raise `diff2in1.errors.InputError` (a `ValueError`) with a one-line message.
+    `set_progress_bar_config(...)` settings hold for every call; `show_progress_bar=False` turns the
+    bar off for one call.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -222,15 +242,19 @@ class Diff2in1Pipeline(DiffusionPipeline):
         return torch.autocast(self.unet.device.type, dtype=dt, enabled=dt in (torch.bfloat16, torch.float16))
 
     @torch.no_grad()
-    def predict_model_space(self, x: Tensor, seed: int = 0, ensemble_size: int = 1) -> tuple[Tensor, Tensor]:
+    def predict_model_space(
+        self, x: Tensor, seed: int | list[int] = 0, ensemble_size: int = 1
+    ) -> tuple[Tensor, Tensor]:
         """Images at the model size -> normals and kappa at the same size.
 
-        x (B, 3, h, w) in [-1, 1], h and w multiples of 64. Member k of the ensemble draws its
-        posterior sample and t = 0 noise from seed (seed, k), the same for every image, so an
-        image's result does not depend on its batch; odd members see the image flipped left-right
-        (their normals are flipped back, x negated). Returns normal (B, 3, h, w), kappa (B, 1, h, w).
+        x (B, 3, h, w) in [-1, 1], h and w multiples of 64. Member k of the ensemble draws an
+        image's posterior sample and t = 0 noise from seed (seed, k): `seed` one for every image or
+        one per image, so an image's result does not depend on its batch; odd members see the image
+        flipped left-right (their normals are flipped back, x negated). Returns normal
+        (B, 3, h, w), kappa (B, 1, h, w).
         """
         bb, b, size = self.backbone, x.shape[0], tuple(x.shape[-2:])
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * b
         x = x.to(bb.device, torch.float32)
         flips = [k % 2 == 1 for k in range(ensemble_size)]
         normals, kappas = [], []
@@ -239,7 +263,7 @@ class Diff2in1Pipeline(DiffusionPipeline):
             if any(flips):
                 posts[True] = bb.posterior(x.flip(-1))
             for k, flip in enumerate(flips):
-                feats = bb.perceive(None, seeds=[member_seed(seed, k)] * b, posterior=posts[flip])
+                feats = bb.perceive(None, seeds=[member_seed(s, k) for s in seeds], posterior=posts[flip])
                 out = self.head(feats.to(torch.float32), image_size=size)
                 n, kap = out.normal.float(), out.kappa.float()
                 if flip:
@@ -257,10 +281,11 @@ class Diff2in1Pipeline(DiffusionPipeline):
         match_input_resolution: bool = True,
         ensemble_size: int = 1,
         batch_size: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         show_progress_bar: bool = True,
-    ) -> Diff2in1NormalsOutput:
+        return_dict: bool = True,
+    ) -> Diff2in1NormalsOutput | tuple:
         """Surface normals and their uncertainty for one image or a list.
 
         image: PIL image, numpy array (HxW, HxWx3, HxWx4; uint8, uint16 or float in [0, 1]), tensor
@@ -268,26 +293,39 @@ class Diff2in1Pipeline(DiffusionPipeline):
         processing_resolution: model input size (default: the head's own); resize_mode "squash"
         (the research recipe) or "keep_aspect" (longest edge to the resolution, padded); default the
         head's. ensemble_size: members combined by kappa-weighted mean (see `predict_model_space`).
-        generator: seeds the noise (default: a generator seeded with 0, so repeated calls agree).
+        generator: seeds the noise: one generator (one draw serves every image) or a list with one
+        per image; default a generator seeded with 0, so repeated calls agree. batch_size: images
+        per model pass (results do not depend on it). Returns a `Diff2in1NormalsOutput`, or with
+        `return_dict=False` the tuple (normals, kappa, uncertainty).
         """
         size, mode = self.check_inputs(
             processing_resolution, resize_mode, ensemble_size, batch_size, output_type
         )
         images = self.image_processor.load(image)
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        seeds = image_seeds(len(images), generator)
         normals, kappas = [], []
-        self.set_progress_bar_config(disable=not show_progress_bar, desc="normals", unit="img")
-        with self.progress_bar(total=len(images)) as bar:
+        with self._progress(len(images), "normals", "img", show_progress_bar) as bar:
             for start in range(0, len(images), batch_size):
                 chunk = images[start : start + batch_size]
                 prepped = [self._preprocess(x, size, mode) for x in chunk]
-                n, k = self.predict_model_space(torch.stack([p[0] for p in prepped]), seed, ensemble_size)
+                x = torch.stack([p[0] for p in prepped])
+                n, k = self.predict_model_space(x, seeds[start : start + batch_size], ensemble_size)
                 for i, (_, undo) in enumerate(prepped):
                     normals.append(undo(n[i : i + 1], True, match_input_resolution))
                     kappas.append(undo(k[i : i + 1], False, match_input_resolution))
                 bar.update(len(chunk))
-        return self._format(normals, kappas, output_type)
+        out = self._format(normals, kappas, output_type)
+        return out if return_dict else out.to_tuple()
+
+    def _progress(self, total: int, desc: str, unit: str, show: bool) -> tqdm:
+        """A progress bar: our desc and unit as defaults under the user's `set_progress_bar_config`
+        (which this never changes); `show=False` turns it off for this call."""
+        config = {"desc": desc, "unit": unit, **getattr(self, "_progress_bar_config", {})}
+        if not show:
+            config["disable"] = True
+        dist = torch.distributed
+        config.setdefault("disable", dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+        return tqdm(total=total, **config)
 
     def _preprocess(self, x: Tensor, size: tuple[int, int], mode: str) -> tuple[Tensor, Callable]:
         """(3, H, W) -> model input (3, h, w) and `undo(maps, is_normal, match_input_resolution)`."""
@@ -337,20 +375,32 @@ class Diff2in1Pipeline(DiffusionPipeline):
         t_start: int = 600,
         steps: int = 50,
         guidance: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        seed: int | list[int] | None = None,
         processing_resolution: int | None = None,
+        batch_size: int = 1,
         output_type: str = "np",
         show_progress_bar: bool = True,
         callback: Callable[[int, int], None] | None = None,
-    ) -> Diff2in1CreateOutput:
+        return_dict: bool = True,
+    ) -> Diff2in1CreateOutput | tuple:
         """A new image and its normals from each input image (docs/method.md section 7).
 
         The image (squashed to the processing resolution) is encoded, noised to `t_start`, and
         denoised by `steps` eta-0 DDIM steps (600, 50: timesteps 589, 577, ..., 13, 1) conditioned
         on `caption` (one string, or one per image), with classifier-free guidance when
-        guidance > 1; the head reads the last step's taps. `callback(done, total)` after each step.
+        guidance > 1; the head reads the last step's taps (`creation.create_samples`, the core
+        `create-data` runs too).
+
+        Each image's sample comes from its own seed: `seed` (an int for every image, or one per
+        image; a `create-data` sample's seed is in its `meta/<id>.json`), else one drawn from
+        `generator` (one generator for every image, or a list with one per image; default a
+        generator seeded with 0). So a sample does not depend on the other images, on
+        `batch_size` (images per model pass) or on the device. `callback(done, total)` after each
+        DDIM step (total = steps x batches). Returns a `Diff2in1CreateOutput`, or with
+        `return_dict=False` the tuple (images, normals, kappa, uncertainty).
         """
-        size, _ = self.check_inputs(processing_resolution, "squash", 1, 1, output_type)
+        size, _ = self.check_inputs(processing_resolution, "squash", 1, batch_size, output_type)
         if not 0 < t_start <= self.scheduler.config.num_train_timesteps:
             raise InputError(
                 f"t_start must be in 1..{self.scheduler.config.num_train_timesteps}, got {t_start}"
@@ -359,44 +409,73 @@ class Diff2in1Pipeline(DiffusionPipeline):
             raise InputError(f"steps must be an integer in 1..t_start ({t_start}), got {steps!r}")
         if not guidance >= 1.0:
             raise InputError(f"guidance must be >= 1 (1 = no classifier-free guidance), got {guidance}")
+        ddim_inference_steps(self.scheduler.config.num_train_timesteps, t_start, steps)
         images = self.image_processor.load(image)
         captions = [caption] * len(images) if isinstance(caption, str) else list(caption)
         if len(captions) != len(images):
             raise InputError(f"{len(captions)} captions for {len(images)} images")
-        bb = self.backbone
-        x = torch.stack([self._preprocess(im, size, "squash")[0] for im in images])
-        x = x.to(bb.device, torch.float32)
-        with self._autocast():
-            z = bb.encode(x, generator=generator)
-            noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            x_t = self.scheduler.add_noise(z, noise, torch.tensor([t_start], device=z.device))
-            done = None
-            if show_progress_bar or callback is not None:
-                self.set_progress_bar_config(disable=not show_progress_bar, desc="DDIM", unit="step")
-                bar = self.progress_bar(total=steps)
+        seeds = image_seeds(len(images), generator, seed)
+        amp = self.unet.dtype if self.unet.dtype in (torch.bfloat16, torch.float16) else None
+        batches = range(0, len(images), batch_size)
+        total, done = steps * len(batches), 0
+        rgb, normals, kappas = [], [], []
+        with self._progress(total, "DDIM", "step", show_progress_bar) as bar:
 
-                def done(k: int, total: int) -> None:
-                    bar.update(1)
-                    if callback is not None:
-                        callback(k, total)
+            def step(k: int, _steps: int) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback(done + k, total)
 
-            res = bb.ddim_sample(x_t, bb.embed(captions), t_start, steps, guidance, callback=done)
-            new = bb.decode(res.latents).float()
-            out = self.head(res.features.to(torch.float32), image_size=size)
-        n, k = out.normal.float().cpu(), out.kappa.float().cpu()
-        fmt = self._format(
-            [n[i : i + 1] for i in range(len(n))], [k[i : i + 1] for i in range(len(k))], output_type
-        )
-        rgb = (new.cpu() + 1) / 2
+            for start in batches:
+                sl = slice(start, start + batch_size)
+                x = torch.stack([self._preprocess(im, size, "squash")[0] for im in images[sl]])
+                made = create_samples(
+                    self.backbone, self.head, x, captions[sl], seeds[sl], t_start, steps, guidance, amp, step
+                )
+                done += steps
+                rgb.append((made.rgb.cpu() + 1) / 2)
+                normals += [n[None].float().cpu() for n in made.prediction.normal]
+                kappas += [k[None].float().cpu() for k in made.prediction.kappa]
+        fmt = self._format(normals, kappas, output_type)
+        new = torch.cat(rgb)
         if output_type == "pil":
-            imgs = [Image.fromarray((r.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for r in rgb]
+            imgs = [Image.fromarray((r.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for r in new]
         elif output_type == "pt":
-            imgs = rgb
+            imgs = new
         else:
-            imgs = rgb.permute(0, 2, 3, 1).numpy()
-        return Diff2in1CreateOutput(
+            imgs = new.permute(0, 2, 3, 1).numpy()
+        out = Diff2in1CreateOutput(
             images=imgs, normals=fmt.normals, kappa=fmt.kappa, uncertainty=fmt.uncertainty
         )
+        return out if return_dict else out.to_tuple()
+
+
+def image_seeds(
+    n: int,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    seed: int | list[int] | None = None,
+) -> list[int]:
+    """One seed per image: `seed` (one for all or one each), else drawn from `generator` (one
+    generator: one draw for every image; a list: one draw from each), default a generator seeded
+    with 0. InputError for both, or for a list of the wrong length."""
+    if seed is not None and generator is not None:
+        raise InputError("give either seed or generator, not both")
+    if seed is not None:
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * n
+        ok = all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        if len(seeds) != n or not ok:
+            raise InputError(f"seed must be an integer >= 0 or a list of {n} of them, got {seed!r}")
+        return [int(s) for s in seeds]
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != n:
+            raise InputError(f"{len(generator)} generators for {n} images")
+        return [draw_seed(g) for g in generator]
+    return [draw_seed(generator if generator is not None else torch.Generator().manual_seed(0))] * n
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """One seed from a generator (advances it by one draw)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 
 def member_seed(seed: int, member: int) -> int:

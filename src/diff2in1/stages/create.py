@@ -3,8 +3,11 @@ training images.
 
 For each (source image, k < samples_per_image): encode, noise to `t_start`, DDIM-denoise
 with the image's caption, decode the new RGB; the head (creation parameters) reads the taps
-of the last denoising step for the new normal map and kappa. Every random draw of a sample is
-seeded by (seed, source index, k), so the data do not depend on batching, sharding or resuming.
+of the last denoising step for the new normal map and kappa (`creation.create_samples`, the one
+generation core). Sample k of source image i (its index in the sorted split) has the seed
+`sample_seed(seed, i, k)`, recorded in its meta file; every random draw of the sample comes from
+it, so the data do not depend on batching, sharding or resuming, and
+`pipe.create(image, caption, seed=<that seed>, ...)` makes the same sample.
 
 Output: a dataset in the data layout of docs/method.md section 5
 (`<out>/train/{img,norm,norm_npy,kappa,caption}`), one
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from ..atomic import clean_stale_tmp, save_text
 from ..backbone import Backbone, autocast_dtype, load_backbone, weights_dtype
 from ..config import CreateConfig
+from ..creation import create_samples
 from ..data import NormalsDataset, write_sample
 from ..errors import InputError
 from ..fingerprint import check_head
@@ -67,6 +71,11 @@ def sample_id(source_id: str, k: int) -> str:
     return f"{source_id}_syn{k}"
 
 
+def sample_seed(seed: int, source_index: int, k: int) -> int:
+    """The seed of sample k of source image `source_index` in a set created with `--seed seed`."""
+    return mix_seed(seed, source_index, k)
+
+
 @dataclass
 class CreateResult:
     """Counts and where things are."""
@@ -76,31 +85,6 @@ class CreateResult:
     total: int
     out: str
     seconds: float
-
-
-@torch.no_grad()
-def create_batch(
-    backbone: Backbone,
-    head: NormalHead,
-    images: torch.Tensor,
-    captions: list[str],
-    seeds: list[int],
-    cfg: CreateConfig,
-) -> dict[str, torch.Tensor]:
-    """One batch of docs/method.md section 7. images (B, 3, H, W) in [-1, 1] -> dict of rgb
-    (B, 3, H, W) in [-1, 1], normal (B, 3, H, W), kappa (B, 1, H, W)."""
-    dev = backbone.device
-    amp = autocast_dtype(cfg.mixed_precision)
-    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-        mean, std = backbone.posterior(images)
-        draws = backbone.seeded_draws(seeds, tuple(mean.shape[1:]), mean)
-        z = (mean + std * draws[0]) * backbone.scaling_factor
-        x_t = backbone.q_sample(z, cfg.t_start, draws[1])
-        cond = backbone.embed(captions)
-        res = backbone.ddim_sample(x_t, cond, cfg.t_start, cfg.steps, cfg.guidance)
-        rgb = backbone.decode(res.latents)
-    out = head.eval()(res.features.to(torch.float32), image_size=tuple(images.shape[-2:]))
-    return {"rgb": rgb.float(), "normal": out.normal, "kappa": out.kappa}
 
 
 def _to_hwc(t: torch.Tensor) -> np.ndarray:
@@ -215,18 +199,21 @@ def create_data(
     for start in range(0, len(todo), cfg.batch_size):
         jobs = todo[start : start + cfg.batch_size]
         items = [source[j // k_per] for j in jobs]
-        seeds = [mix_seed(cfg.seed, j // k_per, j % k_per) for j in jobs]
-        made = create_batch(
+        seeds = [sample_seed(cfg.seed, j // k_per, j % k_per) for j in jobs]
+        made = create_samples(
             backbone,
             head,
             torch.stack([it["image"] for it in items]),
             [it["caption"] for it in items],
             seeds,
-            cfg,
+            cfg.t_start,
+            cfg.steps,
+            cfg.guidance,
+            autocast=autocast_dtype(cfg.mixed_precision),
         )
-        for j, it, seed, rgb, nrm, kap in zip(
-            jobs, items, seeds, made["rgb"], made["normal"], made["kappa"], strict=True
-        ):
+        pred = made.prediction
+        made_all = zip(jobs, items, seeds, made.rgb, pred.normal, pred.kappa, strict=True)
+        for j, it, seed, rgb, nrm, kap in made_all:
             sid = sample_id(it["id"], j % k_per)
             write_sample(
                 out, SPLIT, sid, _to_hwc(rgb), _to_hwc(nrm), it["caption"], kappa=kap[0].cpu().numpy()

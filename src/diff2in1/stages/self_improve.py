@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..heads import NormalHead, build_head
 from ..losses import head_loss
 from ..path_overlap import refuse_overlap
+from ..pseudo_labels import label_weights, normal_confidence
 from ..training.feature_cache import PosteriorCache
 from ..training.loop import LoopResult, check_batches, make_accelerator, mix_seed, run_training
 from ..training.run_folder import RunDir
@@ -63,21 +64,28 @@ def ema_due(step: int, every: int) -> bool:
 
 
 def mixed_targets(
-    creation: NormalHead, feats, size: tuple[int, int], batch: dict
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets (B, 3, H, W) and masks (B, 1, H, W): ground truth for labelled samples, the
-    creation head's prediction (eval mode, no gradient) for synthetic ones."""
+    creation: NormalHead, feats, size: tuple[int, int], batch: dict, pseudo_labels: str = "research",
+    quantile: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Targets (B, 3, H, W), masks (B, 1, H, W) and per-pixel weights (B, 1, H, W) or None: ground
+    truth for labelled samples, the creation head's prediction (eval mode, no gradient) for
+    synthetic ones, weighted or filtered by its confidence as `pseudo_labels` says
+    (`diff2in1.pseudo_labels`; "research": every synthetic pixel alike, weights None)."""
     device = feats.low.device
-    labelled = torch.as_tensor(batch["labelled"], device=device).view(-1, 1, 1, 1)
+    labelled = torch.as_tensor(batch["labelled"], device=device).view(-1)
     target = batch["normal"].to(device)
     mask = batch["mask"].to(device)
+    weight = None
     if not bool(labelled.all()):
         with torch.no_grad():
             was_training = creation.training
-            pred = creation.eval()(feats, image_size=size).normal
+            pred = creation.eval()(feats, image_size=size)
             creation.train(was_training)
-        target = torch.where(labelled, target, pred)
-    return target, mask
+        target = torch.where(labelled.view(-1, 1, 1, 1), target, pred.normal)
+        if pseudo_labels != "research":
+            confidence = normal_confidence(pred.kappa)
+            mask, weight = label_weights(pseudo_labels, confidence, labelled, mask.bool(), quantile)
+    return target, mask, weight
 
 
 def synthetic_dataset(
@@ -127,10 +135,12 @@ def train_self_improve(
         size = tuple(images.shape[-2:])
         indices = [int(i) for i in batch["index"]]
         feats = step_features(backbone, images, indices, cfg, step, accelerator.autocast, caches)
-        target, mask = mixed_targets(models["creation"], feats, size, batch)
+        target, mask, weight = mixed_targets(
+            models["creation"], feats, size, batch, cfg.pseudo_labels, cfg.pseudo_label_quantile
+        )
         points = [mix_seed(cfg.seed, step, i, 1) for i in indices]
         out = models["exploitation"](feats, image_size=size, gt_mask=mask, point_seeds=points)
-        return head_loss(out, target, mask, kind=cfg.loss)
+        return head_loss(out, target, mask, kind=cfg.loss, weight=weight)
 
     def after_step(step: int) -> None:
         if ema_due(step, cfg.ema_every):

@@ -78,6 +78,7 @@ def _cli_in_fresh_process(argv: list[str], cwd) -> dict:
         (["predict", "photo.jpg", "--out", "p", "--pipeline", "x", "--backbone", "y"], "not both"),
         (["predict", "photo.jpg", "--out", "p", "--backbone", "tiny-scenes"], "go together"),
         (["predict", "photo.jpg", "--out", "p", "--pipeline", "diff2in1-nyu"], "no such pipeline folder"),
+        (["app", "--head", "h"], "go together"),
         (["train-warmup", "--out", "runs/w"], "missing --data, --backbone"),
         (["create-data", "--data", "d", "--backbone", "b", "--out", "o"], "missing --head"),
     ],

@@ -233,6 +233,18 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def _check_model_flags(a: argparse.Namespace) -> None:
+    """--pipeline, or --backbone with --head, or none (the shipped demo): checked before torch loads."""
+    from .inference.sources import resolve_pretrained
+
+    if a.pipeline is not None and (a.backbone is not None or a.head is not None):
+        raise InputError("--pipeline: give either a pipeline or --backbone and --head, not both")
+    if (a.backbone is None) != (a.head is None):
+        raise InputError("--backbone and --head go together (or --pipeline; or neither, for the demo)")
+    if a.pipeline is not None:
+        resolve_pretrained(a.pipeline, local_files_only=True)  # a missing folder: one line, now
+
+
 def _predictor(a: argparse.Namespace):
     from .backbone import autocast_dtype
     from .inference.predictor import NormalPredictor, TaskPredictor
@@ -396,16 +408,6 @@ def _predict(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
-    def check(a: argparse.Namespace) -> None:
-        from .inference.sources import resolve_pretrained
-
-        if a.pipeline is not None and (a.backbone is not None or a.head is not None):
-            raise InputError("--pipeline: give either a pipeline or --backbone and --head, not both")
-        if (a.backbone is None) != (a.head is None):
-            raise InputError("--backbone and --head go together (or --pipeline; or neither, for the demo)")
-        if a.pipeline is not None:
-            resolve_pretrained(a.pipeline, local_files_only=True)  # a missing folder: one line, now
-
     def run(a: argparse.Namespace) -> None:
         from .backbone import weights_dtype
         from .distributed import init_from_launcher
@@ -463,7 +465,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
             raise InputError("no image could be predicted")
         print(f"predicted {len(res.written)} image(s) into {a.out}")
 
-    p.set_defaults(func=run, check=check)
+    p.set_defaults(func=run, check=_check_model_flags)
 
 
 @command(
@@ -767,7 +769,7 @@ def _app(p: argparse.ArgumentParser) -> None:
 
         serve(a.pipeline, a.backbone, a.head, a.host, a.port, a.device, a.mixed_precision, a.demo_steps)
 
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=_check_model_flags)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -97,6 +97,8 @@ def demo_pipeline(
 
     device = torch.device(device)
     if train_steps is None:
+        if log:
+            log("no weights given: the shipped demo weights (tiny-scenes + its head; procedural scenes only)")
         note = (
             "**Demo weights.** No model was given, so this page runs the shipped `tiny-scenes` backbone "
             "with its small demo head, trained on procedural rooms at 128 px: expect rough normals on "

@@ -412,7 +412,10 @@ def _figures(out: Path, data: Path, backbone, runs: dict, res: tuple[int, int]) 
     )
     save_png(plot, out / "fig_losses.png")
 
-    calib = {arm: pool_calibration([r["calibration"][arm] for r in runs.values()]) for arm in ARMS}
+    short = {CONTROL: "control"}  # the legend has little room; the caption names the control
+    calib = {
+        short.get(arm, arm): pool_calibration([r["calibration"][arm] for r in runs.values()]) for arm in ARMS
+    }
     save_png(reliability_plot(calib, size=(480, 420)), out / "fig_calibration.png")
     files = {"samples": "fig_samples.png", "losses": "fig_losses.png", "calibration": "fig_calibration.png"}
     preview = sorted((first["heads"][WARMUP].parent.parent / "synthetic").glob("preview_*.png"))

@@ -202,3 +202,23 @@ def test_a_wrong_task_init_is_refused_before_models_load(created, run, scenes_ro
     cfg = si_cfg(scenes_root, created, run, tmp_path / "x", depth_init=str(run / "head_segmentation"))
     with pytest.raises(InputError, match="a segmentation head, but a depth head is expected"):
         train_self_improve(cfg)
+
+
+def test_pipe_create_with_a_head_set_returns_every_modality(run, created, scenes_root, tiny_backbone):
+    from diff2in1.inference.pipeline import Diff2in1Pipeline
+
+    folders = [str(run / n) for n in ("head", "head_depth", "head_segmentation")]
+    pipe = Diff2in1Pipeline.from_backbone(tiny_backbone, folders)
+    normals_only = Diff2in1Pipeline.from_backbone(tiny_backbone, str(run / "head"))
+    item = MultiTaskDataset(scenes_root, "train", ("normals",), size=(64, 64), captions=False)[0]
+    meta = json.loads((created / "meta" / f"{item['id']}_syn0.json").read_text())
+    image = (item["image"] + 1) / 2
+    kw = dict(caption=meta["caption"], seed=meta["seed"], t_start=200, steps=2, show_progress_bar=False)
+    out = pipe.create(image, **kw)
+    alone = normals_only.create(image, **kw)
+    assert np.array_equal(out.images, alone.images) and np.array_equal(out.normals, alone.normals)
+    assert out.depth.shape == (1, 64, 64, 1) and out.classes.shape == (1, 64, 64)
+    assert out.class_probabilities.shape == (1, 64, 64, 6)
+    assert alone.depth is None and len(alone.to_tuple()) == 4
+    assert np.isfinite(out.depth).all() and (out.depth > 0).all() and out.classes.max() < 6
+    assert np.allclose(out.class_probabilities.sum(-1), 1.0, atol=1e-5)

@@ -101,7 +101,9 @@ EXAMPLES = {
     ],
     "train-self-improve": [
         "diff2in1 train-self-improve --data nyu --synthetic syn --backbone model.ckpt "
-        "--init runs/warmup/head --out runs/si"
+        "--init runs/warmup/head --out runs/si",
+        "diff2in1 train-self-improve --data nyu --synthetic syn_mt --backbone model.ckpt "
+        "--init runs/mt/head --tasks normals,depth,segmentation --out runs/si_mt",
     ],
     "merge": ["diff2in1 merge --data nyu --synthetic syn --out nyu_plus_syn"],
     "caption": ["diff2in1 caption --data nyu --model path/to/local/blip"],

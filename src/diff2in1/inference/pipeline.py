@@ -524,7 +524,9 @@ class Diff2in1Pipeline(DiffusionPipeline):
         generator seeded with 0). So a sample does not depend on the other images, on
         `batch_size` (images per model pass) or on the device. `callback(done, total)` after each
         DDIM step (total = steps x batches). Returns a `Diff2in1CreateOutput`, or with
-        `return_dict=False` the tuple (images, normals, kappa, uncertainty).
+        `return_dict=False` the tuple (images, normals, kappa, uncertainty). A pipeline with depth /
+        segmentation heads also returns their labels for each new image, every head reading the same
+        last-step taps (the multi-modal sample `create-data` makes with a head set).
         """
         if self.head is None:
             raise InputError("create needs a normals head (the creation head); this pipeline has none")
@@ -547,6 +549,8 @@ class Diff2in1Pipeline(DiffusionPipeline):
         batches = range(0, len(images), batch_size)
         total, done = steps * len(batches), 0
         rgb, normals, kappas = [], [], []
+        heads = self.task_heads()
+        depth_maps, class_maps = [], []  # per image, as `_format_depth` / `_format_classes` take them
         with self._progress(total, "DDIM", "step", show_progress_bar) as bar:
 
             def step(k: int, _steps: int) -> None:
@@ -557,13 +561,22 @@ class Diff2in1Pipeline(DiffusionPipeline):
             for start in batches:
                 sl = slice(start, start + batch_size)
                 x = torch.stack([self._preprocess(im, size, "squash")[0] for im in images[sl]])
+                # a normals-only pipeline runs the lone head, exactly as always; a head set: every
+                # head on the same last-step taps of the one UNet run
+                what = self.head if len(heads) == 1 else heads
                 made = create_samples(
-                    self.backbone, self.head, x, captions[sl], seeds[sl], t_start, steps, guidance, amp, step
+                    self.backbone, what, x, captions[sl], seeds[sl], t_start, steps, guidance, amp, step
                 )
                 done += steps
                 rgb.append((made.rgb.cpu() + 1) / 2)
-                normals += [n[None].float().cpu() for n in made.prediction.normal]
-                kappas += [k[None].float().cpu() for k in made.prediction.kappa]
+                preds = made.prediction if len(heads) > 1 else {"normals": made.prediction}
+                normals += [n[None].float().cpu() for n in preds["normals"].normal]
+                kappas += [k[None].float().cpu() for k in preds["normals"].kappa]
+                if "depth" in preds:
+                    d = preds["depth"]
+                    depth_maps += [(m[None], s[None]) for m, s in zip(d.log_depth, d.log_scale, strict=True)]
+                if "segmentation" in preds:
+                    class_maps += [(lg[None],) for lg in preds["segmentation"].logits]
         fmt = self._format(normals, kappas, output_type)
         new = torch.cat(rgb)
         if output_type == "pil":
@@ -572,7 +585,12 @@ class Diff2in1Pipeline(DiffusionPipeline):
             imgs = new
         else:
             imgs = new.permute(0, 2, 3, 1).numpy()
+        extra = {}
+        if depth_maps:
+            extra["depth"], extra["depth_uncertainty"] = self._format_depth(depth_maps, output_type)
+        if class_maps:
+            extra["classes"], extra["class_probabilities"] = self._format_classes(class_maps, output_type)
         out = Diff2in1CreateOutput(
-            images=imgs, normals=fmt.normals, kappa=fmt.kappa, uncertainty=fmt.uncertainty
+            images=imgs, normals=fmt.normals, kappa=fmt.kappa, uncertainty=fmt.uncertainty, **extra
         )
         return out if return_dict else out.to_tuple()

@@ -39,9 +39,15 @@ Diff2in1Output = Diff2in1NormalsOutput  # the perception output of every task
 @dataclass
 class Diff2in1CreateOutput(BaseOutput):
     """Generation output: the new image (N, H, W, 3) in [0, 1] ("np"; (N, 3, H, W) "pt"; PIL list
-    "pil"), and its normals, kappa and uncertainty as in `Diff2in1NormalsOutput`, at the model size."""
+    "pil"), and its normals, kappa and uncertainty as in `Diff2in1NormalsOutput`, at the model size;
+    with depth / segmentation heads also depth, depth_uncertainty, classes and class_probabilities
+    as there (None without those heads, and then left out of the tuple)."""
 
     images: Any
     normals: Any
     kappa: Any
     uncertainty: Any
+    depth: Any = None
+    depth_uncertainty: Any = None
+    classes: Any = None
+    class_probabilities: Any = None

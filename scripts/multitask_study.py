@@ -111,6 +111,15 @@ def table(results: list[dict], s: dict) -> str:
                 cells.append(f"{mean:.4g} +- {half:.2g}" if math.isfinite(half) else f"{mean:.4g}")
             lines.append(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
         lines.append("")
+    times = {
+        arm: statistics.median(r["train_seconds"] for r in results if r["arm"] == arm)
+        for arm in ARMS
+        if any(r["arm"] == arm for r in results)
+    }
+    lines.append(
+        "Training time per run (median over seeds; taps cached after the first epoch, so the heads "
+        "dominate): " + ", ".join(f"{arm} {t:.0f} s" for arm, t in times.items()) + "."
+    )
     return "\n".join(lines)
 
 

@@ -262,3 +262,20 @@ def test_two_process_multitask_self_improvement_equals_one(created, run, scenes_
     for key in ("loss", "loss_normals", "loss_depth", "loss_segmentation"):
         # float rounding between batch splits only (see test_distributed.py for the tolerance)
         assert [float(r[key]) for r in two] == pytest.approx([float(r[key]) for r in one], rel=1e-3), key
+
+
+def test_multitask_recreation_makes_every_modality(run, scenes_root, tiny_backbone, tmp_path):
+    from diff2in1.stages.self_improve import train_self_improve
+
+    create = {"t_start": 200, "steps": 2, "preview": 0, "batch_size": 4}
+    cfg = si_cfg(scenes_root, None, run, tmp_path / "re", synthetic=[], recreate_every=1, epochs=1,
+                 max_steps=2, create=create)  # fmt: skip
+    assert train_self_improve(cfg, backbone=tiny_backbone).steps == 2
+    syn = tmp_path / "re" / "synthetic_epoch_0000"
+    ids = sorted(p.stem for p in (syn / "train" / "img").glob("*.png"))
+    assert len(ids) == 8
+    for sid in ids:
+        assert (syn / "train" / "depth" / f"{sid}.npy").is_file(), sid
+        assert (syn / "train" / "seg" / f"{sid}.png").is_file(), sid
+    record = json.loads((syn / "create_config.json").read_text())
+    assert record["tasks"] == ["normals", "depth", "segmentation"]

@@ -173,7 +173,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                         shown = gr.Dropdown(
                             [], label="Result shown", visible=False, interactive=True, elem_id="normals-shown"
                         )
-                        views: list = []
+                        views: list = []  # in the order `_item_view` fills them
                         if has_normals:
                             with gr.Row():
                                 normal_map = _result_image("Normal map", "normals-map")
@@ -181,13 +181,15 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                                     "Uncertainty (expected angular error, degrees)", "normals-uncertainty"
                                 )
                             _key_image(backend, "normals-key")
+                        task_views = _task_images(tasks, "normals")
+                        if has_normals:
                             slider = gr.ImageSlider(
                                 label="Image | normals (drag the handle)",
                                 type="filepath",
                                 elem_id="normals-slider",
                             )
                             views = [normal_map, uncertainty, slider]
-                        views += _task_images(tasks, "normals")
+                        views += task_views
 
                 def predict(paths, res, mode, ens, progress=gr.Progress()) -> tuple:  # noqa: B008
                     try:

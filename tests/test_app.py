@@ -289,6 +289,14 @@ def test_page_shows_depth_and_classes_of_a_three_head_pipeline(three_head_server
             assert Image.open(io.BytesIO(_fetch(img.get_attribute("src")))).width > 48  # bar / legend
         links = {Path(a.get_attribute("href")).name for a in page.locator("#normals-downloads a").all()}
         assert {"room.ply", "room_depth.npy", "room_classes.png"} <= links, links
+        page.get_by_role("tab", name="Create").click()  # a created sample's every modality
+        page.locator("#create-upload input[type=file]").set_input_files(str(photo))
+        expect(page.locator("#create-upload a[href$='/room.png']")).to_have_count(1)
+        page.click("#create-run")
+        made = re.compile("^New image made")  # 50 DDIM steps of the tiny backbone at 64 px
+        expect(page.locator("#create-status textarea")).to_have_value(made, timeout=TIMEOUT_MS)
+        for elem in ("create-image", "create-normals", "create-depth", "create-segmentation"):
+            expect(page.locator(f"#{elem} img")).to_have_attribute("src", re.compile(r"room_created"))
     finally:
         page.close()
 

@@ -189,3 +189,125 @@ def test_backend_messages_and_create(server, tmp_path):
             backend.normals([photo])
     finally:
         backend.pipe.image_processor.max_pixels = limit
+
+
+@pytest.fixture(scope="module")
+def three_head_server(tmp_path_factory, tiny_backbone):
+    """`diff2in1 app --backbone tiny --head H --head D --head S`: a tiny three-head pipeline (random
+    `small` heads for normals, depth and segmentation at 64 px)."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _missing("gradio is not installed (pip install -e '.[dev,app]')")
+    import torch
+
+    from diff2in1.app import serve
+    from diff2in1.data.scenes import scene_classes
+    from diff2in1.heads import build_head
+
+    root = tmp_path_factory.mktemp("three_heads")
+    torch.manual_seed(0)
+    heads = []
+    for task in ("normals", "depth", "segmentation"):
+        classes = scene_classes() if task == "segmentation" else None
+        head = build_head("small", tiny_backbone, 64, task=task, class_list=classes)
+        head.save_pretrained(root / task)
+        heads.append(str(root / task))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = serve(backbone="tiny", head=heads, port=port, block=False, quiet=True)
+    yield srv
+    srv.close()
+
+
+def test_backend_gives_every_task_of_a_three_head_pipeline(three_head_server, tmp_path):
+    """Depth (colour bar), its uncertainty, the class map (legend), the PLY point cloud that reads
+    back with one point per pixel, the depth .npy and the class ids; and Create gives them too."""
+    import torch
+
+    from diff2in1.data.scenes import render_scene
+    from diff2in1.inference.point_cloud import Intrinsics, backproject, read_ply
+
+    backend = three_head_server.backend
+    assert backend.tasks == ("normals", "depth", "segmentation")
+    assert "Tasks: normals, depth, segmentation." in backend.describe()
+    photo = tmp_path / "room.png"
+    Image.fromarray(render_scene(3, (48, 56)).image).save(photo)
+    item = backend.normals([photo]).items[0]
+    assert Image.open(item.normals).size == (56, 48)
+    depth_pic, unc_pic = Image.open(item.tasks.depth), Image.open(item.tasks.depth_uncertainty)
+    assert depth_pic.height == 48 and depth_pic.width > 56  # with its colour bar in metres
+    assert unc_pic.height == 48 and unc_pic.width > 56
+    seg_pic = Image.open(item.tasks.segmentation)
+    assert seg_pic.width > 56  # with its legend
+    files = {p.name: p for p in item.downloads}
+    assert {"room_normal16.png", "room_depth.npy", "room.ply", "room_classes.png"} <= set(files), files
+    depth = np.load(files["room_depth.npy"], allow_pickle=False)
+    classes = np.asarray(Image.open(files["room_classes.png"]))
+    direct = backend.pipe(str(photo), generator=torch.Generator().manual_seed(0), show_progress_bar=False)
+    assert depth.shape == (48, 56) and np.array_equal(depth, direct.depth[0, ..., 0])  # the prediction
+    assert np.array_equal(classes, direct.classes[0]) and classes.max() < 6  # the scenes' 6 classes
+    cloud = read_ply(files["room.ply"])
+    assert len(cloud) == 48 * 56 and cloud.normals is not None and cloud.colors is not None
+    expected = backproject(depth, Intrinsics.nyu(48, 56)).reshape(-1, 3)
+    assert np.allclose(cloud.points, expected, rtol=1e-5, atol=1e-6)
+    normals = np.load(files["room_normal.npy"], allow_pickle=False)
+    assert np.allclose(cloud.normals, -normals.reshape(-1, 3), atol=1e-6)  # out of the surface
+    assert np.array_equal(cloud.colors, np.asarray(Image.open(item.image).convert("RGB")).reshape(-1, 3))
+    r = backend.create(photo, "a room", 600, 6)
+    assert Image.open(r.tasks.depth).height == 64 and Image.open(r.tasks.segmentation).width > 64
+    names = {p.name for p in r.downloads}
+    assert {"room_created_depth.npy", "room_created.ply", "room_created_classes.png"} <= names
+
+
+def test_page_shows_depth_and_classes_of_a_three_head_pipeline(three_head_server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from diff2in1.data.scenes import render_scene
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(three_head_server.url)
+        page.wait_for_selector("#normals-run")
+        assert page.locator("#demo-note").count() == 0
+        photo = tmp_path / "room.png"
+        Image.fromarray(render_scene(4, (40, 48)).image).save(photo)
+        page.locator("#normals-upload input[type=file]").set_input_files(str(photo))
+        expect(page.locator("#normals-upload a[href$='/room.png']")).to_have_count(1)
+        page.click("#normals-run")
+        expect(page.locator("#normals-status textarea")).to_have_value(re.compile(r"1 image\(s\) done"))
+        expect(page.locator("#normals-map img")).to_have_attribute("src", re.compile(r"room_normal\.png"))
+        for elem, name in [
+            ("normals-depth", "room_depth.png"),
+            ("normals-depth-uncertainty", "room_depth_uncertainty.png"),
+            ("normals-segmentation", "room_segmentation.png"),
+        ]:
+            img = page.locator(f"#{elem} img")
+            expect(img).to_have_attribute("src", re.compile(re.escape(name)))
+            assert Image.open(io.BytesIO(_fetch(img.get_attribute("src")))).width > 48  # bar / legend
+        links = {Path(a.get_attribute("href")).name for a in page.locator("#normals-downloads a").all()}
+        assert {"room.ply", "room_depth.npy", "room_classes.png"} <= links, links
+        page.get_by_role("tab", name="Create").click()  # a created sample's every modality
+        page.locator("#create-upload input[type=file]").set_input_files(str(photo))
+        expect(page.locator("#create-upload a[href$='/room.png']")).to_have_count(1)
+        page.click("#create-run")
+        made = re.compile("^New image made")  # 50 DDIM steps of the tiny backbone at 64 px
+        expect(page.locator("#create-status textarea")).to_have_value(made, timeout=TIMEOUT_MS)
+        for elem in ("create-image", "create-normals", "create-depth", "create-segmentation"):
+            expect(page.locator(f"#{elem} img")).to_have_attribute("src", re.compile(r"room_created"))
+    finally:
+        page.close()
+
+
+def test_normals_only_page_has_no_task_pictures(page):
+    assert page.locator("#normals-depth, #normals-segmentation, #create-depth").count() == 0
+    assert page.locator("#normals-run").inner_text().strip() == "Predict normals"
+
+
+def test_app_takes_a_head_per_task_like_predict():
+    from diff2in1.cli import build_parser
+
+    a = build_parser().parse_args(["app", "--backbone", "tiny", "--head", "h", "--head", "d"])
+    assert a.head == ["h", "d"]

@@ -750,7 +750,11 @@ def _app(p: argparse.ArgumentParser) -> None:
         "--pipeline", help="pipeline folder or shipped name (default: the demo weights, see --demo-steps)"
     )
     p.add_argument("--backbone", help="preset name, diffusers folder or .ckpt/.safetensors (with --head)")
-    p.add_argument("--head", help="head folder (with --backbone)")
+    p.add_argument(
+        "--head",
+        action="append",
+        help="head folder (with --backbone); repeat it for a head set, one head per task",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument(
         "--port", type=_at_most(65535, _positive_int), help="port (default: the first free one from 7860)"

@@ -1,8 +1,9 @@
 """`diff2in1 app`: a local web page for normals and data creation (gradio, the `app` extra).
 
 Nothing else in the package imports this module; gradio is imported only here, when the page is
-started. `serve(...)` loads the model (your pipeline folder, a backbone + head, or the demo
-weights), builds the page (`page.build_page`) and serves it on 127.0.0.1 unless told otherwise.
+started. `serve(...)` loads the model (your pipeline folder, a backbone + head or a list of heads,
+one per task, or the demo weights), builds the page (`page.build_page`) and serves it on
+127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class AppServer:
 def build(
     pipeline: str | None = None,
     backbone: str | None = None,
-    head: str | None = None,
+    head: str | list[str] | None = None,
     device: str = "auto",
     mixed_precision: str = "no",
     demo_train_steps: int | None = DEMO_TRAIN_STEPS,
@@ -70,7 +71,7 @@ def build(
 def serve(
     pipeline: str | None = None,
     backbone: str | None = None,
-    head: str | None = None,
+    head: str | list[str] | None = None,
     host: str = "127.0.0.1",
     port: int | None = None,
     device: str = "auto",

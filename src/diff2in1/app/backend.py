@@ -1,9 +1,11 @@
 """What the web page runs, without gradio: loading the model, reading uploads, the two jobs.
 
-`AppBackend` wraps a `Diff2in1Pipeline`. `normals(paths, ...)` predicts each upload and writes the
-pictures and downloads into a per-request folder of its work folder; `create(path, ...)` makes a
-new image and its normals. A user's mistake (not an image, too large, an empty file, a DDIM step
-count the scheduler cannot take) is an `InputError` with a one-line message, which the page shows.
+`AppBackend` wraps a `Diff2in1Pipeline`. `normals(paths, ...)` predicts each upload (every task
+the pipeline has a head for: normals, depth, segmentation) and writes the pictures and downloads
+into a per-request folder of its work folder; `create(path, ...)` makes a new image and its labels
+(every head's, from the same last DDIM step). A user's mistake (not an image, too large, an empty
+file, a DDIM step count the scheduler cannot take) is an `InputError` with a one-line message,
+which the page shows.
 """
 
 from __future__ import annotations
@@ -41,15 +43,27 @@ Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
 @dataclass
+class TaskPictures:
+    """The pictures of the depth and segmentation heads (None for a task without a head)."""
+
+    depth: Path | None = None  # colour depth map with a colour bar in metres
+    depth_uncertainty: Path | None = None  # expected absolute error in metres, colour bar
+    segmentation: Path | None = None  # colour class map with a legend of class names
+
+
+@dataclass
 class NormalsItem:
     """One upload's results: picture paths at the upload's size and the download files."""
 
     name: str
     image: Path  # the upload as an 8-bit RGB PNG (EXIF orientation applied)
-    normals: Path  # colour normal map (PNG)
-    uncertainty: Path  # expected angular error in degrees with a colour bar (PNG)
-    downloads: list[Path]  # <stem>_normal16.png, <stem>_normal.npy, <stem>_uncertainty_deg.npy
+    normals: Path | None  # colour normal map (PNG); None without a normal head
+    uncertainty: Path | None  # expected angular error in degrees with a colour bar (PNG)
+    downloads: list[Path]  # <stem>_normal16.png, <stem>_normal.npy, <stem>_uncertainty_deg.npy;
+    # with a depth head also <stem>_depth.npy, <stem>_depth_uncertainty.npy, <stem>.ply; with a
+    # segmentation head <stem>_classes.png
     size: tuple[int, int]  # (width, height)
+    tasks: TaskPictures = field(default_factory=TaskPictures)
 
 
 @dataclass
@@ -67,6 +81,7 @@ class CreateResult:
     uncertainty: Path
     downloads: list[Path]
     seconds: float = 0.0
+    tasks: TaskPictures = field(default_factory=TaskPictures)  # the other heads' labels
     upload_size: tuple[int, int] = (0, 0)  # (width, height) of the upload
     model_size: tuple[int, int] = (0, 0)  # (width, height) it was squashed to, that of the new image
 
@@ -162,25 +177,32 @@ def demo_pipeline(
 def open_pipeline(
     pipeline: str | None = None,
     backbone: str | None = None,
-    head: str | None = None,
+    head: str | list[str] | None = None,
     device: str = "auto",
     mixed_precision: str = "no",
     demo_train_steps: int | None = DEMO_TRAIN_STEPS,
     log: Callable[[str], None] | None = None,
 ) -> tuple[Diff2in1Pipeline, str | None, str]:
-    """The page's model: a pipeline folder, a backbone + head, or (none given) the demo weights.
-    Returns the pipeline, the demo note (None for the user's own weights) and a line naming the source."""
+    """The page's model: a pipeline folder, a backbone + head (or a list of heads, one per task), or
+    (none given) the demo weights. Returns the pipeline, the demo note (None for the user's own
+    weights) and a line naming the source."""
     from ..backbone import weights_dtype
     from ..devices import resolve_device
 
     dev = resolve_device(device)
     dtype = weights_dtype(mixed_precision)
-    if pipeline is None and backbone is None and head is None:
+    if isinstance(head, (list, tuple)) and len(head) == 1:
+        head = head[0]
+    if pipeline is None and backbone is None and not head:
         pipe, note = demo_pipeline(demo_train_steps, dev, dtype, log=log)
         return pipe, note, f"the shipped `{DEMO_BACKBONE}` backbone with a demo head"
-    if pipeline is None and (backbone is None or head is None):
+    if pipeline is None and (backbone is None or not head):
         raise InputError("give --pipeline DIR, or both --backbone and --head (or nothing, for the demo)")
-    what = f"pipeline `{pipeline}`" if pipeline else f"backbone `{backbone}` with head `{head}`"
+    if isinstance(head, (list, tuple)):
+        heads = ", ".join(f"`{h}`" for h in head)
+        what = f"pipeline `{pipeline}`" if pipeline else f"backbone `{backbone}` with heads {heads}"
+    else:
+        what = f"pipeline `{pipeline}`" if pipeline else f"backbone `{backbone}` with head `{head}`"
     return load_pipeline(pipeline, backbone, head, dev, dtype), None, what
 
 
@@ -206,6 +228,61 @@ def _rgb_picture(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def _first(field_value) -> np.ndarray | None:
+    """The first image's array of a pipeline output field ("np"), or None for a task without a head."""
+    return None if field_value is None else np.asarray(field_value[0])
+
+
+def _check_finite(name: str, arrays: list[np.ndarray | None]) -> None:
+    if not all(np.isfinite(a).all() for a in arrays if a is not None):
+        raise InputError(f"{name}: the prediction is not finite (NaN): check the head's weights")
+
+
+def write_task_files(
+    pipe: Diff2in1Pipeline,
+    out_dir: Path,
+    stem: str,
+    depth: np.ndarray | None,
+    depth_uncertainty: np.ndarray | None,
+    classes: np.ndarray | None,
+    normals: np.ndarray | None = None,
+    rgb: Image.Image | None = None,
+) -> tuple[TaskPictures, list[Path]]:
+    """The depth and segmentation pictures and downloads of one image (depth (H, W) metres, its
+    uncertainty (H, W) metres, class ids (H, W)). With depth: `<stem>_depth.png` (colour bar in
+    metres), `<stem>_depth_uncertainty.png`, downloads `<stem>_depth.npy`,
+    `<stem>_depth_uncertainty.npy` and `<stem>.ply` (the point cloud with the default intrinsics,
+    NYUv2's camera scaled to the image: position, normal when given, colour of `rgb`). With classes:
+    `<stem>_segmentation.png` (legend), download `<stem>_classes.png` (8-bit class ids)."""
+    from ..inference.point_cloud import Intrinsics, point_cloud, write_ply
+    from ..viz_tasks import depth_picture, segmentation_picture
+
+    pictures, downloads = TaskPictures(), []
+    proc = pipe.image_processor
+    if depth is not None:
+        pictures.depth = _save_png(depth_picture(depth), out_dir / f"{stem}_depth.png")
+        pictures.depth_uncertainty = _save_png(
+            depth_picture(depth_uncertainty), out_dir / f"{stem}_depth_uncertainty.png"
+        )
+        downloads.append(proc.export_npy(depth.astype(np.float32), out_dir / f"{stem}_depth.npy"))
+        downloads.append(
+            proc.export_npy(depth_uncertainty.astype(np.float32), out_dir / f"{stem}_depth_uncertainty.npy")
+        )
+        h, w = depth.shape
+        colours = np.asarray(rgb.convert("RGB")) if rgb is not None else None
+        cloud = point_cloud(depth, normals, colours, Intrinsics.nyu(h, w))
+        write_ply(out_dir / f"{stem}.ply", cloud)
+        downloads.append(out_dir / f"{stem}.ply")
+    if classes is not None:
+        class_list = pipe.segmentation_head.class_list()
+        pictures.segmentation = _save_png(
+            segmentation_picture(classes, class_list), out_dir / f"{stem}_segmentation.png"
+        )
+        ids = Image.fromarray(classes.astype(np.uint8))
+        downloads.append(_save_png(ids, out_dir / f"{stem}_classes.png"))
+    return pictures, downloads
+
+
 class AppBackend:
     """The jobs of the web page on one pipeline; pictures go to `workdir` (a temp folder by default)."""
 
@@ -227,12 +304,17 @@ class AppBackend:
 
     # ------------------------------------------------------------------ settings
     @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks the pipeline has a head for (normals, depth, segmentation)."""
+        return self.pipe.tasks
+
+    @property
     def head_resolution(self) -> int | list[int] | None:
-        return self.pipe.head.config.processing_resolution
+        return self.pipe.primary_head.config.processing_resolution
 
     @property
     def head_resize_mode(self) -> str:
-        return self.pipe.head.config.resize_mode or "squash"
+        return self.pipe.primary_head.config.resize_mode or "squash"
 
     @property
     def num_train_timesteps(self) -> int:
@@ -246,10 +328,13 @@ class AppBackend:
         res = self.head_resolution
         res_txt = "x".join(map(str, res)) if isinstance(res, (list, tuple)) else str(res or 512)
         dev = self.pipe.unet.device
-        return (
+        line = (
             f"Model: {self.source} on {dev} ({str(self.pipe.unet.dtype).removeprefix('torch.')}), "
             f"head trained at {res_txt} px ({self.head_resize_mode})."
         )
+        if self.tasks != ("normals",):
+            line += f" Tasks: {', '.join(self.tasks)}."
+        return line
 
     def normal_key(self) -> Path:
         """The colour key of the normal maps as a PNG in the work folder (made once)."""
@@ -304,8 +389,9 @@ class AppBackend:
         seed: int = 0,
         progress: Progress | None = None,
     ) -> NormalsResult:
-        """Normals + uncertainty of each upload. Unreadable uploads are left out with a message;
-        InputError if none is left or a setting is wrong."""
+        """Normals + uncertainty of each upload, and depth / classes where the pipeline has those
+        heads (one backbone pass). Unreadable uploads are left out with a message; InputError if
+        none is left or a setting is wrong."""
         t0 = time.perf_counter()
         paths = [p for p in (paths or []) if p]
         if not paths:
@@ -332,7 +418,8 @@ class AppBackend:
         used: set[str] = set()
         for i, (name, x) in enumerate(loaded):
             if progress:
-                progress(i, len(loaded), f"normals of {name}")
+                what = "normals" if self.tasks == ("normals",) else "prediction"
+                progress(i, len(loaded), f"{what} of {name}")
             out = self.pipe(
                 x,
                 processing_resolution=processing_resolution or None,
@@ -345,24 +432,43 @@ class AppBackend:
             while stem in used:
                 stem += "_"
             used.add(stem)
-            n, unc = out.normals[0], out.uncertainty[0]  # (H, W, 3), (H, W, 1) degrees
+            n, unc = _first(out.normals), _first(out.uncertainty)  # (H, W, 3), (H, W, 1) degrees
+            depth, depth_unc = _first(out.depth), _first(out.depth_uncertainty)  # (H, W, 1) metres
+            classes = _first(out.classes)  # (H, W)
+            _check_finite(name, [n, unc, depth, depth_unc])
             proc = self.pipe.image_processor
-            normal_pic = proc.visualize_normals(n)[0]
-            unc_pic = proc.visualize_uncertainty(unc[None], input_kind="degrees")[0]
+            image = _save_png(_rgb_picture(x), out_dir / f"{stem}_input.png")
+            normal_path = unc_path = None
+            downloads: list[Path] = []
+            if n is not None:
+                normal_pic = proc.visualize_normals(n)[0]
+                unc_pic = proc.visualize_uncertainty(unc[None], input_kind="degrees")[0]
+                normal_path = _save_png(normal_pic, out_dir / f"{stem}_normal.png")
+                unc_path = _save_png(unc_pic, out_dir / f"{stem}_uncertainty.png")
+                downloads += [
+                    proc.export_normals_16bit_png(n, out_dir / f"{stem}_normal16.png"),
+                    proc.export_npy(n.astype(np.float32), out_dir / f"{stem}_normal.npy"),
+                    proc.export_npy(unc[..., 0].astype(np.float32), out_dir / f"{stem}_uncertainty_deg.npy"),
+                ]
+            pictures, more = write_task_files(
+                self.pipe,
+                out_dir,
+                stem,
+                None if depth is None else depth[..., 0],
+                None if depth_unc is None else depth_unc[..., 0],
+                classes,
+                n,
+                Image.open(image),
+            )
             result.items.append(
                 NormalsItem(
                     name=name,
-                    image=_save_png(_rgb_picture(x), out_dir / f"{stem}_input.png"),
-                    normals=_save_png(normal_pic, out_dir / f"{stem}_normal.png"),
-                    uncertainty=_save_png(unc_pic, out_dir / f"{stem}_uncertainty.png"),
-                    downloads=[
-                        proc.export_normals_16bit_png(n, out_dir / f"{stem}_normal16.png"),
-                        proc.export_npy(n.astype(np.float32), out_dir / f"{stem}_normal.npy"),
-                        proc.export_npy(
-                            unc[..., 0].astype(np.float32), out_dir / f"{stem}_uncertainty_deg.npy"
-                        ),
-                    ],
+                    image=image,
+                    normals=normal_path,
+                    uncertainty=unc_path,
+                    downloads=downloads + more,
                     size=(int(x.shape[2]), int(x.shape[1])),
+                    tasks=pictures,
                 )
             )
         if progress:
@@ -382,7 +488,9 @@ class AppBackend:
         seed: int = 0,
         progress: Progress | None = None,
     ) -> CreateResult:
-        """A new image of the upload's scene and its normals (partial noising to t_start + DDIM)."""
+        """A new image of the upload's scene and its normals (partial noising to t_start + DDIM);
+        with depth / segmentation heads also the new image's depth and class map (the same last
+        step's taps), with their pictures and downloads as `normals` gives them."""
         t0 = time.perf_counter()
         if not path:
             raise InputError("upload an image first")
@@ -413,6 +521,18 @@ class AppBackend:
         source = resize_image(x, size)
         new = Image.fromarray((out.images[0] * 255).round().clip(0, 255).astype(np.uint8))
         n, unc = out.normals[0], out.uncertainty[0]
+        depth, depth_unc, classes = _first(out.depth), _first(out.depth_uncertainty), _first(out.classes)
+        _check_finite(Path(path).name, [n, unc, depth, depth_unc])
+        pictures, more = write_task_files(
+            self.pipe,
+            out_dir,
+            f"{stem}_created",
+            None if depth is None else depth[..., 0],
+            None if depth_unc is None else depth_unc[..., 0],
+            classes,
+            n,
+            new,
+        )
         return CreateResult(
             source=_save_png(_rgb_picture(source), out_dir / f"{stem}_source.png"),
             image=_save_png(new, out_dir / f"{stem}_created.png"),
@@ -425,8 +545,10 @@ class AppBackend:
                 out_dir / f"{stem}_created.png",
                 proc.export_normals_16bit_png(n, out_dir / f"{stem}_created_normal16.png"),
                 proc.export_npy(n.astype(np.float32), out_dir / f"{stem}_created_normal.npy"),
+                *more,
             ],
             seconds=time.perf_counter() - t0,
+            tasks=pictures,
             upload_size=(int(x.shape[2]), int(x.shape[1])),
             model_size=(int(size[1]), int(size[0])),
         )

@@ -2,7 +2,9 @@
 
 Every job of both tabs runs in one queue with concurrency 1 (one model, one request at a time).
 A user's mistake is a one-line message in the tab's status box (no toast over the page); the server
-goes on. Each upload replaces the files of the previous one.
+goes on. Each upload replaces the files of the previous one. Both tabs show every task the pipeline
+has a head for: beside the normals, depth with its uncertainty (colour bars in metres) and the
+class map with its legend; the pictures of a task without a head are not on the page at all.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import gradio as gr
 
 from ..errors import InputError
 from ..inference.image_processor import RESIZE_MODES
-from .backend import AppBackend, CreateResult, NormalsItem
+from .backend import AppBackend, CreateResult, NormalsItem, TaskPictures
 
 log = logging.getLogger("diff2in1.app")
 
@@ -73,8 +75,47 @@ def _key_image(backend: AppBackend, elem_id: str) -> gr.Image:
     )
 
 
-def _item_view(item: NormalsItem) -> tuple:
-    return str(item.normals), str(item.uncertainty), (str(item.image), str(item.normals))
+def _path(p) -> str | None:
+    return None if p is None else str(p)
+
+
+def _task_images(tasks: tuple[str, ...], prefix: str) -> list[gr.Image]:
+    """The pictures of the depth and segmentation heads (only those the pipeline has), in the order
+    `_task_view` fills them."""
+    images = []
+    if "depth" in tasks:
+        with gr.Row():
+            images.append(_result_image("Depth (metres)", f"{prefix}-depth"))
+            label = "Depth uncertainty (expected absolute error, metres)"
+            images.append(_result_image(label, f"{prefix}-depth-uncertainty"))
+    if "segmentation" in tasks:
+        images.append(_result_image("Classes", f"{prefix}-segmentation"))
+    return images
+
+
+def _task_view(tasks: tuple[str, ...], pictures: TaskPictures) -> tuple:
+    view: tuple = ()
+    if "depth" in tasks:
+        view += (_path(pictures.depth), _path(pictures.depth_uncertainty))
+    if "segmentation" in tasks:
+        view += (_path(pictures.segmentation),)
+    return view
+
+
+def _item_view(item: NormalsItem, tasks: tuple[str, ...]) -> tuple:
+    view: tuple = ()
+    if "normals" in tasks:
+        view = (str(item.normals), str(item.uncertainty), (str(item.image), str(item.normals)))
+    return view + _task_view(tasks, item.tasks)
+
+
+def _downloads_label(tasks: tuple[str, ...], first: str) -> str:
+    what = [first] if "normals" in tasks else []
+    if "depth" in tasks:
+        what.append(".npy depth and its uncertainty in metres, .ply point cloud")
+    if "segmentation" in tasks:
+        what.append("class-id PNG")
+    return f"Downloads ({', '.join(what)})"
 
 
 def build_page(backend: AppBackend) -> gr.Blocks:
@@ -84,6 +125,9 @@ def build_page(backend: AppBackend) -> gr.Blocks:
     res_choices = [(f"head's own ({res_label})", 0)] + [(str(r), r) for r in RESOLUTIONS]
     t_train = backend.num_train_timesteps
     steps0 = backend.step_choices(600)
+    tasks = backend.tasks
+    has_normals = "normals" in tasks
+    run_label = "Predict normals" if tasks == ("normals",) else "Predict " + ", ".join(tasks)
 
     with gr.Blocks(title="diff2in1", analytics_enabled=False, delete_cache=(3600, 3600)) as page:
         gr.Markdown(
@@ -113,12 +157,14 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                         ensemble = gr.Slider(
                             1, 8, value=1, step=1, label="Ensemble size", info="noise draws + flips combined"
                         )
-                        run = gr.Button("Predict normals", variant="primary", elem_id="normals-run")
+                        run = gr.Button(run_label, variant="primary", elem_id="normals-run")
                         status = gr.Textbox(
                             label="Status", interactive=False, max_lines=6, elem_id="normals-status"
                         )
                         downloads = gr.File(
-                            label="Downloads (16-bit PNG normals, .npy normals, .npy uncertainty in degrees)",
+                            label=_downloads_label(
+                                tasks, "16-bit PNG normals, .npy normals, .npy uncertainty in degrees"
+                            ),
                             file_count="multiple",
                             interactive=False,
                             elem_id="normals-downloads",
@@ -127,17 +173,23 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                         shown = gr.Dropdown(
                             [], label="Result shown", visible=False, interactive=True, elem_id="normals-shown"
                         )
-                        with gr.Row():
-                            normal_map = _result_image("Normal map", "normals-map")
-                            uncertainty = _result_image(
-                                "Uncertainty (expected angular error, degrees)", "normals-uncertainty"
+                        views: list = []  # in the order `_item_view` fills them
+                        if has_normals:
+                            with gr.Row():
+                                normal_map = _result_image("Normal map", "normals-map")
+                                uncertainty = _result_image(
+                                    "Uncertainty (expected angular error, degrees)", "normals-uncertainty"
+                                )
+                            _key_image(backend, "normals-key")
+                        task_views = _task_images(tasks, "normals")
+                        if has_normals:
+                            slider = gr.ImageSlider(
+                                label="Image | normals (drag the handle)",
+                                type="filepath",
+                                elem_id="normals-slider",
                             )
-                        _key_image(backend, "normals-key")
-                        slider = gr.ImageSlider(
-                            label="Image | normals (drag the handle)",
-                            type="filepath",
-                            elem_id="normals-slider",
-                        )
+                            views = [normal_map, uncertainty, slider]
+                        views += task_views
 
                 def predict(paths, res, mode, ens, progress=gr.Progress()) -> tuple:  # noqa: B008
                     try:
@@ -154,24 +206,22 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             _fail(e),
                             None,
                             gr.update(choices=[], value=None, visible=False),
-                            None,
-                            None,
-                            None,
+                            *[None] * len(views),
                         )
                     lines = [f"{len(result.items)} image(s) done in {result.seconds:.1f} s."]
                     if result.errors:
                         lines += [f"Left out: {m}" for m in result.errors]
                     names = [it.name for it in result.items]
                     files_out = [str(p) for it in result.items for p in it.downloads]
-                    view = _item_view(result.items[0])
+                    view = _item_view(result.items[0], tasks)
                     picker = gr.update(choices=names, value=names[0], visible=len(names) > 1)
                     return result.items, "\n".join(lines), files_out, picker, *view
 
                 def show(items_state: list, name: Any) -> tuple:
                     for it in items_state or []:
                         if it.name == name:
-                            return _item_view(it)
-                    return gr.update(), gr.update(), gr.update()
+                            return _item_view(it, tasks)
+                    return tuple(gr.update() for _ in views)
 
                 uploaded = gr.State([])
                 files.upload(keep_new_uploads, [files, uploaded], [files, uploaded], queue=False)
@@ -179,11 +229,11 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                 run.click(
                     predict,
                     [files, resolution, resize_mode, ensemble],
-                    [items, status, downloads, shown, normal_map, uncertainty, slider],
+                    [items, status, downloads, shown, *views],
                     concurrency_limit=1,
                     concurrency_id="model",
                 )
-                shown.input(show, [items, shown], [normal_map, uncertainty, slider], queue=False)
+                shown.input(show, [items, shown], views, queue=False)
 
             # ------------------------------------------------------------ Create
             with gr.Tab("Create", id="create", elem_id="tab-create"):
@@ -216,7 +266,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             label="Status", interactive=False, max_lines=4, elem_id="create-status"
                         )
                         cdownloads = gr.File(
-                            label="Downloads (new image, 16-bit PNG normals, .npy normals)",
+                            label=_downloads_label(tasks, "new image, 16-bit PNG normals, .npy normals"),
                             file_count="multiple",
                             interactive=False,
                             elem_id="create-downloads",
@@ -227,6 +277,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             new_normals = _result_image("Its normals", "create-normals")
                             new_unc = _result_image("Its uncertainty (degrees)", "create-uncertainty")
                         _key_image(backend, "create-key")
+                        cviews = _task_images(tasks, "create")
                         cslider = gr.ImageSlider(
                             label="Source (at model size) | new image",
                             type="filepath",
@@ -249,7 +300,7 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                             path, text, int(t), int(n), float(g), int(s or 0), progress=_progress(progress)
                         )
                     except Exception as e:  # every failure becomes one line on the page
-                        return _fail(e), None, None, None, None, None
+                        return _fail(e), None, None, None, None, None, *[None] * len(cviews)
                     msg = f"New image made with {int(n)} DDIM steps from t={int(t)} in {r.seconds:.1f} s."
                     msg = f"{msg} {r.squash_note()}".strip()
                     return (
@@ -259,13 +310,14 @@ def build_page(backend: AppBackend) -> gr.Blocks:
                         str(r.normals),
                         str(r.uncertainty),
                         (str(r.source), str(r.image)),
+                        *_task_view(tasks, r.tasks),
                     )
 
                 t_start.change(update_steps, [t_start, steps], steps, queue=False)
                 crun.click(
                     create,
                     [cfile, caption, t_start, steps, guidance, seed],
-                    [cstatus, cdownloads, new_image, new_normals, new_unc, cslider],
+                    [cstatus, cdownloads, new_image, new_normals, new_unc, cslider, *cviews],
                     concurrency_limit=1,
                     concurrency_id="model",
                 )

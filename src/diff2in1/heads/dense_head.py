@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import FrozenDict, register_to_config
+from diffusers.configuration_utils import register_to_config
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -33,7 +33,15 @@ from ..errors import InputError
 from ..memory_alignment import realign_
 from .decoder import UpBlock
 from .fusion import FeatureFusion, FeatureGroups
-from .normal_head import CONFIG_NAME, RESIZE_MODES, WEIGHTS_NAME, WEIGHTS_NAMES, HeadConfig, check_state_dict
+from .normal_head import (
+    CONFIG_NAME,
+    RESIZE_MODES,
+    WEIGHTS_NAME,
+    WEIGHTS_NAMES,
+    HeadConfig,
+    check_state_dict,
+    record_usage,
+)
 
 DENSE_TASKS = ("depth", "segmentation")
 UNITS = {"normals": "unit vectors", "depth": "metres", "segmentation": "class ids"}
@@ -161,13 +169,7 @@ class DenseHead(ModelMixin, ConfigMixin):
 
     def set_usage(self, **usage) -> None:
         """Record processing_resolution / resize_mode / backbone in the config (as `NormalHead`)."""
-        unknown = set(usage) - {"processing_resolution", "resize_mode", "backbone"}
-        if unknown:
-            raise ValueError(f"not usage settings: {sorted(unknown)}")
-        self.register_to_config(**usage)
-        d = dict(self._internal_dict)
-        d["_use_default_values"] = [k for k in d.get("_use_default_values", []) if k not in usage]
-        self._internal_dict = FrozenDict(d)
+        record_usage(self, **usage)
 
     def forward(
         self, feats: FeatureGroups, image_size: tuple[int, int] | None = None, **_

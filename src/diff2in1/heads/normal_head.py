@@ -108,6 +108,20 @@ class HeadConfig:
 
 
 _REFERENCE = HeadConfig.reference()
+USAGE_KEYS = ("processing_resolution", "resize_mode", "backbone")
+
+
+def record_usage(model: ConfigMixin, **usage) -> None:
+    """Record how a head is to be used (`USAGE_KEYS`) in its diffusers config, saved with it."""
+    unknown = set(usage) - set(USAGE_KEYS)
+    if unknown:
+        raise ValueError(f"not usage settings: {sorted(unknown)}")
+    model.register_to_config(**usage)
+    # diffusers lists the init arguments left at their defaults and drops them in from_config:
+    # these are no longer defaults.
+    d = dict(model._internal_dict)
+    d["_use_default_values"] = [k for k in d.get("_use_default_values", []) if k not in usage]
+    model._internal_dict = FrozenDict(d)
 
 
 @dataclass
@@ -184,15 +198,7 @@ class NormalHead(ModelMixin, ConfigMixin):
 
     def set_usage(self, **usage) -> None:
         """Record processing_resolution / resize_mode / backbone in the config (saved with the head)."""
-        unknown = set(usage) - {"processing_resolution", "resize_mode", "backbone"}
-        if unknown:
-            raise ValueError(f"not usage settings: {sorted(unknown)}")
-        self.register_to_config(**usage)
-        # diffusers lists the init arguments left at their defaults and drops them in from_config:
-        # these are no longer defaults.
-        d = dict(self._internal_dict)
-        d["_use_default_values"] = [k for k in d.get("_use_default_values", []) if k not in usage]
-        self._internal_dict = FrozenDict(d)
+        record_usage(self, **usage)
 
     @property
     def widths(self) -> HeadConfig:

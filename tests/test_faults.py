@@ -1554,3 +1554,30 @@ def test_web_page_sigterm_removes_its_work_folder(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not work[0].exists()  # removed on SIGTERM, as on Ctrl-C
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_and_says_so(scenes_root, tmp_path):
+    """What a scheduler does: SIGTERM to every process of the job, DataLoader workers included."""
+    run = tmp_path / "r"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    argv = _set(warm_args(scenes_root, run, "--epochs", "20"), "--num-workers", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diff2in1.cli", "--threads", "1", *map(str, argv)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: _log_rows(run) >= 3, proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read().strip()
+    assert proc.returncode == 143, err
+    last = err.splitlines()[-1]  # (torch may first report its workers' own SIGTERM)
+    assert last.startswith("diff2in1: terminated (SIGTERM)") and "--resume" in last, err
+    assert json.loads((run / "state" / "state.json").read_text())["step"] >= 3

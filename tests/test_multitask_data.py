@@ -212,3 +212,16 @@ def test_label_files_without_an_image(tmp_path):
     with pytest.warns(UserWarning, match="skipped 1 of 2"):
         ds = MultiTaskDataset(root, "train", size=None, on_error="skip")
     assert ds.ids == ["s0", "s1"] and ds.skipped[0][0] == "ghost"
+
+
+def test_special_files_as_labels_are_named_never_opened(tmp_path):
+    import os
+
+    from diff2in1.data.labels import read_class_list, read_depth, read_seg
+    from diff2in1.errors import InputError
+
+    for name, reader in (("d.png", read_depth), ("s.png", read_seg), ("classes.json", read_class_list)):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)  # opening it for reading would block until a writer came
+        with pytest.raises(InputError, match=f"{name}: .*not a regular file|{name}: .*special"):
+            reader(fifo)

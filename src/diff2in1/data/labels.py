@@ -31,6 +31,7 @@ from diff2in1.atomic import atomic_write
 from diff2in1.errors import InputError
 from diff2in1.imaging.files import image_errors, load_npy, save_npy, save_text
 from diff2in1.imaging.resize import resize_bilinear, resize_nearest
+from diff2in1.regular_file import check_regular_file
 
 DEPTH_DIR = "depth"
 SEG_DIR = "seg"
@@ -101,6 +102,7 @@ def write_class_list(path: str | os.PathLike, classes: ClassList) -> None:
 
 def read_class_list(path: str | os.PathLike) -> ClassList:
     """Read a `classes.json` (as `ClassList.to_json` writes); one-line InputError naming the file."""
+    check_regular_file(path)  # a FIFO or device is named, never opened
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = doc["classes"]
@@ -177,6 +179,7 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
             raise InputError(f"{path}: expected float HxW depth in metres, got {d.dtype} {d.shape}")
         d = d.astype(np.float32)
         return np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
+    check_regular_file(path)  # a FIFO or device is named, never opened
     with image_errors(path, "cannot decode depth PNG"), Image.open(path) as img:
         mode = img.mode
         if not (mode.startswith("I;16") or mode == "I"):
@@ -202,6 +205,7 @@ def depth_header(path: str | os.PathLike) -> tuple[int, int]:
         if len(shape) != 2 or not np.issubdtype(dtype, np.floating):
             raise InputError(f"{path}: expected float HxW depth in metres, got {dtype} {shape}")
         return int(shape[0]), int(shape[1])
+    check_regular_file(path)  # a FIFO or device is named, never opened
     with image_errors(path, "cannot decode depth PNG"), Image.open(path) as img:
         if not (img.mode.startswith("I;16") or img.mode == "I"):
             raise InputError(
@@ -226,6 +230,7 @@ def write_seg(path: str | os.PathLike, classes: np.ndarray) -> None:
 
 def read_seg_pixels(path: str | os.PathLike) -> np.ndarray:
     """The raw uint8 HxW ids of an 8-bit grey or palette PNG (palette indices are the ids)."""
+    check_regular_file(path)  # a FIFO or device is named, never opened
     with image_errors(path, "cannot decode class map"), Image.open(path) as img:
         if img.mode not in ("L", "P"):
             raise InputError(
@@ -261,6 +266,7 @@ def read_nyudmt_seg(path: str | os.PathLike) -> np.ndarray:
 
 def seg_header(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of a class-map PNG from its header, checking its mode."""
+    check_regular_file(path)  # a FIFO or device is named, never opened
     with image_errors(path, "cannot decode class map"), Image.open(path) as img:
         if img.mode not in ("L", "P"):
             raise InputError(

@@ -20,7 +20,7 @@ backbone into `<out>/dry_run` (seconds on a CPU); `plan()` prints the cost of a 
 """
 
 from .cost_plan import plan, plan_stages
-from .recipe import HEADS, ReproduceResult, StageConfigs, stage_configs
+from .recipe import HEADS, ReproduceResult, StageConfigs, head_folder, stage_configs, tasks_of, with_flags
 from .report import published_rows, report_text
 from .run import run_reproduce
 
@@ -34,4 +34,7 @@ __all__ = [
     "report_text",
     "run_reproduce",
     "stage_configs",
+    "tasks_of",
+    "with_flags",
+    "head_folder",
 ]

@@ -20,7 +20,16 @@ backbone into `<out>/dry_run` (seconds on a CPU); `plan()` prints the cost of a 
 """
 
 from .cost_plan import plan, plan_stages
-from .recipe import HEADS, ReproduceResult, StageConfigs, head_folder, stage_configs, tasks_of, with_flags
+from .recipe import (
+    HEADS,
+    ReproduceResult,
+    StageConfigs,
+    complete,
+    head_folder,
+    stage_configs,
+    tasks_of,
+    with_flags,
+)
 from .report import published_rows, report_text
 from .run import run_reproduce
 
@@ -28,6 +37,7 @@ __all__ = [
     "HEADS",
     "ReproduceResult",
     "StageConfigs",
+    "complete",
     "plan",
     "plan_stages",
     "published_rows",

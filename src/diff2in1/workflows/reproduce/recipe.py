@@ -213,8 +213,9 @@ def dry_run_config(cfg: ReproduceConfig) -> ReproduceConfig:
     return dataclasses.replace(cfg, **top, **sections, out=str(root), data=str(root / "data"))
 
 
-def record_config(cfg: ReproduceConfig, dry_run: bool) -> None:
-    """Write `<out>/reproduce.yaml`, or refuse to continue a folder made with other settings."""
+def record_config(cfg: ReproduceConfig, dry_run: bool, write: bool = True) -> None:
+    """Write `<out>/reproduce.yaml`, or refuse to continue a folder made with other settings
+    (`write=False`: only refuse)."""
     root = Path(cfg.out)
     path = root / "reproduce.yaml"
     plain = to_plain(cfg)
@@ -227,7 +228,7 @@ def record_config(cfg: ReproduceConfig, dry_run: bool) -> None:
         defaults=to_plain(
             {**defaults_of(cfg), **{name: defaults_of(cls()) for name, cls in STAGE_CLASSES.items()}}
         ),
-    ):
+    ) or not write:
         return
     if root.exists() and not root.is_dir():
         raise InputError(f"--out {root}: exists and is not a folder")

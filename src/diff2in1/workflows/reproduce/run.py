@@ -189,6 +189,7 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
         state.wait_for_everyone()
         st = stage_configs(cfg)  # its data exist now (a NYUD-MT copy: creation reads <out>/source)
     st.evaluate = dataclasses.replace(st.evaluate, split=eval_split(cfg.data, st.evaluate.split))
+    record_config(cfg, dry_run, write=False)  # a folder of other settings (other --tasks) is refused first
 
     # Everything that can be checked without the models, before any long stage.
     if tasks == ("normals",):  # the research recipe's checks, unchanged

@@ -133,3 +133,39 @@ def test_tasks_wire_every_stage_and_normals_stay_the_recipe():
         rep.tasks_of(rep.with_flags(base, tasks="depth"))
     with pytest.raises(InputError, match="unknown task 'edges'"):
         rep.tasks_of(rep.with_flags(base, tasks="normals,edges"))
+
+
+@pytest.mark.parametrize("tasks", [TASKS, "normals,depth"])
+def test_plan_scales_the_multitask_stages_by_the_measured_ratio(tasks, capsys):
+    assert main(["reproduce", "--plan", "--tasks", tasks]) == 0
+    text = capsys.readouterr().out
+    m = rep.cost_plan.measured()
+    alone = rep.plan_stages(ReproduceConfig(), 795, 654)[0]
+    stages, _ = rep.plan_stages(rep.with_flags(ReproduceConfig(), tasks=tasks), 795, 654)
+    dense = len(tasks.split(",")) - 1
+    measured = m["multitask"]["prediction_seconds"]  # 24.7 s three heads, 21.8 s normals alone
+    ratio = 1 + dense * (measured["three_heads"] / measured["normals"] - 1) / 2
+    assert ratio == pytest.approx(24.7 / 21.8 if dense == 2 else 1 + (24.7 / 21.8 - 1) / 2)
+    for col in (("h100", "bf16"), ("cpu", "fp32")):
+        t = m["devices"][col[0]]["seconds_per_image"][col[1]]
+        # Warm-up: the cached steps scaled, the one VAE encoder pass per image not.
+        encode = 795 * (t["warmup_step"] - t["warmup_step_cached"])
+        assert stages[0].seconds[col] == pytest.approx(39600 * t["warmup_step_cached"] * ratio + encode)
+        assert stages[2].seconds[col] == pytest.approx(alone[2].seconds[col] * ratio)
+        assert stages[3].seconds[col] == pytest.approx(alone[3].seconds[col] * ratio)
+        # Creation: the same UNet passes, plus the dense heads' share of one prediction per sample.
+        per_sample = alone[1].seconds[col] / 795
+        factor = rep.cost_plan.batch_factor(m, *col, "created_sample", 4)[0]
+        extra = (ratio - 1) * t["prediction"] * factor
+        assert stages[1].seconds[col] == pytest.approx(795 * (per_sample + extra))
+    # The FLOPs of a head pass count every task's head.
+    per_pass = m["flops_g_per_pass"]
+    flops = m["multitask"]["flops_g_per_pass"]
+    added = sum(flops[t]["head_train"] for t in tasks.split(",")[1:])
+    warm = stages[0].flops({**per_pass, "head_train": per_pass["head_train"] + added}, 1.0)
+    assert warm == pytest.approx(alone[0].flops(per_pass, 1.0) + 39600 * added * 1e9)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert f"{warm / 1e15:.1f} |" in rows["warm-up"] and "3 head sets x 654 images" in rows["evaluation"]
+    assert "took 24.7 s against 21.8 s with the normal head alone" in text
+    assert f"Scaled by {ratio:.3f}x" in text and "The H100 columns use this CPU ratio" in text
+    assert "with the normal head alone. At batch 8" in text

@@ -15,6 +15,10 @@ whose final output exists is skipped, an interrupted one resumes through its own
 state, finished synthetic samples). Under `torchrun` / `accelerate launch` every stage uses every
 process, as the single commands do.
 
+With more tasks (the stage sections' `tasks`, `--tasks normals,depth,segmentation`) every stage
+trains, creates and evaluates one head per task on one backbone pass, on the package's layout with
+depth/seg folders or on a NYUD-MT folder (`multitask_data.py`; docs/multitask.md).
+
 `dry_run=True` runs every stage on a handful of images at 64x64 with the shipped `tiny-scenes`
 backbone into `<out>/dry_run` (seconds on a CPU); `plan()` prints the cost of a run per stage.
 """

@@ -74,6 +74,8 @@ def test_multitask_dry_run_on_a_nyudmt_folder(tmp_path, blip_dir, capsys):  # no
     assert main([*args, "--tasks", "normals"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"warmup.tasks: '{TASKS}' -> 'normals'" in err
+    assert main([*args, "--tasks", TASKS, "--pseudo-labels", "weighted"]) == 2
+    assert "self_improve.pseudo_labels: 'research' -> 'weighted'" in capsys.readouterr().err
     assert main([*args, "--tasks", TASKS]) == 0
     assert set(_stages(capsys.readouterr().out).values()) == {"skipped"}
 
@@ -83,6 +85,10 @@ def test_a_missing_label_folder_is_named_before_any_model_loads(tmp_path, capsys
     shutil.rmtree(data / "segmentation")
     out = tmp_path / "out"
     base = ["reproduce", "--backbone", "no-such-backbone", "--out", str(out), "--no-progress"]
+    assert main([*base, "--data", str(data)]) == 2  # normals alone: the NYUv2 layout only
+    assert "a NYUD-MT folder, read with --tasks" in capsys.readouterr().err
+    assert main(["reproduce", "--plan", "--data", str(data), "--tasks", TASKS]) == 0
+    assert "for 2 train / 1 test images" in capsys.readouterr().out  # train.txt, val.txt
     assert main([*base, "--data", str(data), "--tasks", TASKS]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (

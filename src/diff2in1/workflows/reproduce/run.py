@@ -192,6 +192,11 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
     record_config(cfg, dry_run, write=False)  # a folder of other settings (other --tasks) is refused first
 
     # Everything that can be checked without the models, before any long stage.
+    if tasks == ("normals",) and is_nyudmt(cfg.data):
+        raise InputError(
+            f"--data {cfg.data}: a NYUD-MT folder, read with --tasks (e.g. normals,depth,segmentation); "
+            "the normals-only recipe reads <root>/{train,test}/{img,norm}"
+        )
     if tasks == ("normals",):  # the research recipe's checks, unchanged
         with warnings.catch_warnings():  # missing captions: made below, or an error
             warnings.filterwarnings("ignore", message=".*have no caption file")

@@ -37,7 +37,6 @@ HEADS = {
     "exploitation": ("self_improve", "exploitation"),
     "creation": ("self_improve", "creation"),
 }
-EXTRA_TASKS = ("depth", "segmentation")  # the tasks a multi-task reproduction adds to the normals
 HEAD_LABELS = {
     "warmup": "ours: warm-up head (stage 1)",
     "exploitation": "ours: self-improved, exploitation head",

@@ -130,6 +130,23 @@ def test_plan_follows_the_research_recipe(capsys):
     h100 = m["devices"]["h100"]["seconds_per_image"]["bf16"]
     assert warm.seconds[("h100", "bf16")] == pytest.approx(39600 * 0.081 + 795 * (0.103 - 0.081))
     assert stages[1].seconds[("h100", "bf16")] == pytest.approx(795 * h100["created_sample"])
+    # Creation and evaluation run at batch 4: on the CPU, whose batched figures measured.yaml holds,
+    # the per-image time is scaled by the measured batch-4 / batch-1 ratio; on the H100 (no batched
+    # figures) it stays at batch 1, and the plan says so.
+    created = (3.9 + 3.5) / (5.2 + 6.8)  # seconds per sample, two runs, batch 4 / batch 1
+    predicted = (1 / 5.17 + 1 / 4.54) / (1 / 4.55 + 1 / 3.33)  # from images/s, two runs
+    assert rep.cost_plan.batch_factor(m, "cpu", "fp32", "created_sample", 4) == (pytest.approx(created), 4)
+    assert rep.cost_plan.batch_factor(m, "cpu", "fp32", "prediction", 6) == (pytest.approx(predicted), 4)
+    assert rep.cost_plan.batch_factor(m, "cpu", "fp32", "prediction", 1) == (1.0, 1)
+    for col in (("h100", "bf16"), ("cpu", "bf16")):
+        assert rep.cost_plan.batch_factor(m, *col, "prediction", 32) == (1.0, 1)
+    cpu = m["devices"]["cpu"]["seconds_per_image"]["fp32"]
+    assert stages[1].seconds[("cpu", "fp32")] == pytest.approx(795 * cpu["created_sample"] * created)
+    assert stages[3].seconds[("cpu", "fp32")] == pytest.approx(1962 * cpu["prediction"] * predicted)
+    assert stages[3].seconds[("h100", "fp32")] == pytest.approx(1962 * 0.075)
+    assert "creation at batch 4: 0.62x (measured at batch 4)" in text
+    assert "creation and evaluation on 2-core CPU bf16, H100 bf16, H100 fp32" in text
+    assert "none on a GPU" in text and "Tasks" not in text
 
 
 def test_shipped_settings_are_the_research_recipe():

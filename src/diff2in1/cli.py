@@ -682,22 +682,37 @@ def _caption(p: argparse.ArgumentParser) -> None:
 
 @command("reproduce", "the whole method with the research recipe in one resumable command (NYUv2)")
 def _reproduce(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="dataset root: <root>/{train,test}/{img,norm,caption}")
+    p.add_argument(
+        "--data",
+        help="dataset root: <root>/{train,test}/{img,norm,caption} (with --tasks also depth/, seg/), "
+        "or a NYUD-MT folder (images/, normals/, depth/, segmentation/, gt_sets/)",
+    )
     p.add_argument("--backbone", help="SD v1.5 model.ckpt / .safetensors or diffusers folder")
     p.add_argument("--out", help="folder of the reproduction; run again to continue it")
     p.add_argument("--config", help="YAML of settings (default: diff2in1/configs/reproduce.yaml, the recipe)")
     p.add_argument("--caption-model", help="local image-to-text model folder (e.g. BLIP) if captions miss")
     p.add_argument("--dry-run", action="store_true", help="all stages on a few 64x64 images, in OUT/dry_run")
     p.add_argument("--plan", action="store_true", help="print each stage's passes, FLOPs, time, memory; exit")
+    p.add_argument(
+        "--tasks",
+        help="comma-separated from normals, depth, segmentation (default normals, the research recipe): "
+        "every stage trains, creates and evaluates one head per task on one backbone pass",
+    )
+    p.add_argument(
+        "--pseudo-labels",
+        choices=["research", "weighted", "filtered"],
+        help="synthetic labels of the self-improvement (default research: every pixel alike)",
+    )
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
     def run(a: argparse.Namespace) -> None:
         from .config import ReproduceConfig, load_config
-        from .workflows.reproduce import plan, run_reproduce
+        from .workflows.reproduce import plan, run_reproduce, with_flags
 
         cfg = load_config(ReproduceConfig, a.config, **_overrides(a, ReproduceConfig))
+        cfg = with_flags(cfg, tasks=a.tasks, pseudo_labels=a.pseudo_labels)
         if a.plan:
             print(plan(cfg))
             return

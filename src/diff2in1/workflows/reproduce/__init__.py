@@ -15,12 +15,25 @@ whose final output exists is skipped, an interrupted one resumes through its own
 state, finished synthetic samples). Under `torchrun` / `accelerate launch` every stage uses every
 process, as the single commands do.
 
+With more tasks (the stage sections' `tasks`, `--tasks normals,depth,segmentation`) every stage
+trains, creates and evaluates one head per task on one backbone pass, on the package's layout with
+depth/seg folders or on a NYUD-MT folder (`multitask_data.py`; docs/multitask.md).
+
 `dry_run=True` runs every stage on a handful of images at 64x64 with the shipped `tiny-scenes`
 backbone into `<out>/dry_run` (seconds on a CPU); `plan()` prints the cost of a run per stage.
 """
 
 from .cost_plan import plan, plan_stages
-from .recipe import HEADS, ReproduceResult, StageConfigs, stage_configs
+from .recipe import (
+    HEADS,
+    ReproduceResult,
+    StageConfigs,
+    complete,
+    head_folder,
+    stage_configs,
+    tasks_of,
+    with_flags,
+)
 from .report import published_rows, report_text
 from .run import run_reproduce
 
@@ -28,10 +41,14 @@ __all__ = [
     "HEADS",
     "ReproduceResult",
     "StageConfigs",
+    "complete",
     "plan",
     "plan_stages",
     "published_rows",
     "report_text",
     "run_reproduce",
     "stage_configs",
+    "tasks_of",
+    "with_flags",
+    "head_folder",
 ]

@@ -23,6 +23,54 @@ def _num(v: Any, digits: int = 2) -> str:
     return "-" if v is None else f"{float(v):.{digits}f}"
 
 
+# The depth and segmentation columns of the report (keys of the evaluation's metrics.json).
+TASK_COLUMNS = {
+    "depth": (
+        "Depth in metres over the valid pixels of each image (gt > 0, up to the evaluation's max "
+        "depth), averaged over images (docs/multitask.md, Metrics).",
+        ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "delta1", "delta2", "delta3"),
+    ),
+    "segmentation": (
+        "Classes from one confusion matrix pooled over the split; mIoU over the classes present in "
+        "ground truth or prediction (docs/multitask.md, Metrics).",
+        ("miou", "pixel_acc", "mean_acc"),
+    ),
+}
+
+
+def _tasks_line(result: ReproduceResult, pseudo_labels: str) -> list[str]:
+    """The multi-task sentence of the settings paragraph (none for a normals-only run)."""
+    if result.tasks == ("normals",):
+        return []
+    return [
+        "",
+        f"Tasks: {', '.join(result.tasks)}. Every stage runs one backbone pass per image for all of "
+        "their heads: the warm-up trains one head per task, creation writes every task's label for "
+        "each synthetic image, self-improvement keeps an exploitation and a creation head per task, "
+        f"with `{pseudo_labels}` pseudo-labels.",
+    ]
+
+
+def _task_tables(result: ReproduceResult, split: str, n_test: int) -> list[str]:
+    """One table per further task of a multi-task reproduction, one row per evaluated head."""
+    lines: list[str] = []
+    for task in (t for t in result.tasks if t in TASK_COLUMNS):
+        text, keys = TASK_COLUMNS[task]
+        lines += [
+            "",
+            f"## {task.capitalize()} on `{split}` ({n_test} images)",
+            "",
+            text + " No published rows are shipped for this task: only this run's heads are listed.",
+            "",
+            "| head | " + " | ".join(keys) + " | source |",
+            "|---|" + "---|" * (len(keys) + 1),
+        ]
+        for name, m in result.metrics.items():
+            vals = " | ".join(_num(m.get(task, {}).get(k), 4) for k in keys)
+            lines.append(f"| **{HEAD_LABELS[name]}** | {vals} | this run, `eval_{name}/` |")
+    return lines
+
+
 def report_text(
     cfg: ReproduceConfig, st: StageConfigs, result: ReproduceResult, counts: dict[str, int], dry_run: bool
 ) -> str:
@@ -46,6 +94,7 @@ def report_text(
         f"Synthetic data: {syn} pairs, noise to t={cr.t_start}, {cr.steps} DDIM steps, guidance "
         f"{cr.guidance}. Self-improvement: {si.epochs} epoch(s) over {n_train} + {syn} samples at batch "
         f"{si.batch_size}, EMA {si.ema_decay} every {si.ema_every} steps. Every setting: `reproduce.yaml`.",
+        *_tasks_line(result, si.pseudo_labels),
         "",
         f"## Surface normals on `{st.evaluate.split}` ({n_test} images)",
         "",
@@ -78,6 +127,7 @@ def report_text(
             f"Self-improvement {verb} the mean angular error by {abs(d):.2f} deg "
             f"({result.metrics['warmup']['mean']:.2f} -> {result.metrics['exploitation']['mean']:.2f}).",
         ]
+    lines += _task_tables(result, st.evaluate.split, n_test)
     lines += [
         "",
         "## Stages (this invocation)",
@@ -86,7 +136,7 @@ def report_text(
         "|---|---|---|---|",
     ]
     outputs = {
-        "captions": f"{cfg.data}/{st.create.split}/caption",
+        "captions": f"{st.create.data}/{st.create.split}/caption",
         "warm-up": "warmup/",
         "creation": "synthetic/",
         "self-improve": "self_improve/",

@@ -3,6 +3,7 @@ resumed or run, with the stage clock's headers."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -19,6 +20,15 @@ from ...errors import InputError
 from ...path_overlap import refuse_overlap
 from ...training.run_folder import RunDir
 from ..stage_clock import StageClock
+from .multitask_data import (
+    check_label_folders,
+    check_multitask_data,
+    copy_nyudmt_samples,
+    eval_split,
+    is_nyudmt,
+    make_caption_source,
+    nyudmt_ids,
+)
 from .recipe import (
     DRY_RUN_IMAGES,
     DRY_RUN_SCENE_SIZE,
@@ -27,15 +37,24 @@ from .recipe import (
     StageConfigs,
     complete,
     dry_run_config,
+    head_folder,
     record_config,
     stage_configs,
+    tasks_of,
 )
 from .report import report_text
 
 
-def make_dry_run_data(source: str, root: Path, progress: bool) -> None:
-    """The dry run's data: the first few samples of `source` (copied), or procedural scenes."""
+def make_dry_run_data(source: str, root: Path, progress: bool, tasks: tuple[str, ...] = ("normals",)) -> None:
+    """The dry run's data: the first few samples of `source` (copied, with the label files of
+    `tasks`; a NYUD-MT folder stays one), or procedural scenes."""
+    if source and is_nyudmt(source):
+        copy_nyudmt_samples(source, root, {"train": DRY_RUN_IMAGES["train"]}, DRY_RUN_IMAGES["test"], tasks)
+        return
     if source:
+        from ...data.labels import CLASSES_FILE
+        from ...data.layout import label_paths
+
         for split, n in DRY_RUN_IMAGES.items():
             ids = list_ids(source, split)
             if len(ids) < n:
@@ -43,15 +62,20 @@ def make_dry_run_data(source: str, root: Path, progress: bool) -> None:
             for sid in ids[:n]:
                 src, dst = sample_paths(source, split, sid), sample_paths(root, split, sid)
                 dst_image = dst.image.with_suffix(src.image.suffix)
-                for a, b in (
-                    (src.normal_png, dst.normal_png),
-                    (src.normal_npy, dst.normal_npy),
-                    (src.caption, dst.caption),
-                    (src.image, dst_image),  # last: a sample is listed once its image exists
-                ):
+                pairs = [(src.normal_png, dst.normal_png), (src.normal_npy, dst.normal_npy)]
+                lsrc, ldst = label_paths(source, split, sid), label_paths(root, split, sid)
+                if "depth" in tasks:
+                    pairs += [(lsrc.depth_npy, ldst.depth_npy), (lsrc.depth_png, ldst.depth_png)]
+                if "segmentation" in tasks:
+                    pairs.append((lsrc.seg, ldst.seg))
+                pairs += [(src.caption, dst.caption), (src.image, dst_image)]  # image last: then listed
+                for a, b in pairs:
                     if a.is_file() and not b.exists():
                         b.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(a, b)
+        classes = Path(source) / CLASSES_FILE
+        if "segmentation" in tasks and classes.is_file() and not (root / CLASSES_FILE).exists():
+            shutil.copyfile(classes, root / CLASSES_FILE)
         return
     from ...data.scenes import make_scenes
 
@@ -60,16 +84,17 @@ def make_dry_run_data(source: str, root: Path, progress: bool) -> None:
     )
 
 
-def ensure_captions(cfg: ReproduceConfig, split: str, check_only: bool = False) -> str:
-    """Caption the training images that have none (data creation is conditioned on captions);
-    `check_only`: only refuse missing captions without a caption model."""
+def ensure_captions(cfg: ReproduceConfig, split: str, check_only: bool = False, data: str = "") -> str:
+    """Caption the training images of `data` (default `cfg.data`) that have none (data creation is
+    conditioned on captions); `check_only`: only refuse missing captions without a caption model."""
     from ...captioning import caption_dataset, find_missing
 
-    missing, have = find_missing(cfg.data, [split])
+    data = data or cfg.data
+    missing, have = find_missing(data, [split])
     if not missing:
         return "skipped"
     if not cfg.caption_model:
-        where = Path(cfg.data) / split / "caption"
+        where = Path(data) / split / "caption"
         raise InputError(
             f"reproduce: {len(missing)} of {len(missing) + have} training images have no caption in {where} "
             "(data creation is conditioned on them); give --caption-model PATH, a local folder of a "
@@ -77,8 +102,8 @@ def ensure_captions(cfg: ReproduceConfig, split: str, check_only: bool = False) 
         )
     if check_only:
         return "to do"
-    caption_dataset(cfg.data, cfg.caption_model, splits=[split], device=cfg.device, progress=cfg.progress)
-    missing, _ = find_missing(cfg.data, [split])
+    caption_dataset(data, cfg.caption_model, splits=[split], device=cfg.device, progress=cfg.progress)
+    missing, _ = find_missing(data, [split])
     if missing:
         raise InputError(
             f"reproduce: the caption model gave no caption for {len(missing)} image(s) "
@@ -87,6 +112,11 @@ def ensure_captions(cfg: ReproduceConfig, split: str, check_only: bool = False) 
     return "ran" if not have else "resumed"
 
 
+
+
+def _count(data: str, split: str) -> int:
+    """The images of a split (of the package's layout, or a NYUD-MT split list)."""
+    return len(nyudmt_ids(data, split)) if is_nyudmt(data) else len(list_ids(data, split))
 
 
 def _head_done(folder: Path) -> bool:
@@ -143,34 +173,55 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
     if missing:
         raise InputError("reproduce: missing " + ", ".join(missing))
     st = stage_configs(cfg)  # bad settings fail here, before any work
+    tasks = tasks_of(cfg)
     root = Path(cfg.out)
     # As the training loop's Accelerator: on a machine without CUDA, "auto" is the CPU (and only
     # cpu=True makes accelerate join torchrun's process group there, with gloo).
     state = PartialState(cpu=cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()))
     main = state.is_main_process
-    result = ReproduceResult(out=root, report=root / "report.md", is_main=main)
+    result = ReproduceResult(out=root, report=root / "report.md", is_main=main, tasks=tasks)
 
     if dry_run:
         h, w = cfg.resolution
         _say(main, f"dry run: {cfg.backbone}, {h}x{w}, a few steps per stage, into {root}")
         if main:
-            make_dry_run_data(source, root / "data", cfg.progress)
+            make_dry_run_data(source, root / "data", cfg.progress, tasks)
         state.wait_for_everyone()
+        st = stage_configs(cfg)  # its data exist now (a NYUD-MT copy: creation reads <out>/source)
+    st.evaluate = dataclasses.replace(st.evaluate, split=eval_split(cfg.data, st.evaluate.split))
+    record_config(cfg, dry_run, write=False)  # a folder of other settings (other --tasks) is refused first
 
     # Everything that can be checked without the models, before any long stage.
-    with warnings.catch_warnings():  # missing captions: made below, or an error
-        warnings.filterwarnings("ignore", message=".*have no caption file")
-        train = NormalsDataset(
-            cfg.data,
-            st.warmup.split,
-            size=cfg.resolution,
-            resize=cfg.resize,
-            on_error="skip" if st.warmup.skip_bad_samples else "raise",
+    if tasks == ("normals",) and is_nyudmt(cfg.data):
+        raise InputError(
+            f"--data {cfg.data}: a NYUD-MT folder, read with --tasks (e.g. normals,depth,segmentation); "
+            "the normals-only recipe reads <root>/{train,test}/{img,norm}"
         )
-        NormalsDataset(cfg.data, st.evaluate.split, size=None, captions=False)
-    ensure_captions(cfg, st.create.split, check_only=True)
-    check_batches(len(train), st.warmup)
-    check_batches(len(train) * (1 + st.create.samples_per_image), st.self_improve)
+    if tasks == ("normals",):  # the research recipe's checks, unchanged
+        with warnings.catch_warnings():  # missing captions: made below, or an error
+            warnings.filterwarnings("ignore", message=".*have no caption file")
+            n_train = len(
+                NormalsDataset(
+                    cfg.data,
+                    st.warmup.split,
+                    size=cfg.resolution,
+                    resize=cfg.resize,
+                    on_error="skip" if st.warmup.skip_bad_samples else "raise",
+                )
+            )
+            NormalsDataset(cfg.data, st.evaluate.split, size=None, captions=False)
+    else:
+        check_label_folders(cfg.data, tasks, (st.warmup.split, st.evaluate.split))
+        n_train = check_multitask_data(
+            cfg.data, st.warmup.split, st.evaluate.split, tasks, cfg.resolution, cfg.resize,
+            st.warmup.skip_bad_samples,
+        )  # fmt: skip
+        if is_nyudmt(cfg.data) and main:  # creation reads a captioned copy of the training images
+            make_caption_source(cfg.data, st.warmup.split, st.create.data)
+        state.wait_for_everyone()
+    ensure_captions(cfg, st.create.split, check_only=True, data=st.create.data)
+    check_batches(n_train, st.warmup)
+    check_batches(n_train * (1 + st.create.samples_per_image), st.self_improve)
     if main:
         record_config(cfg, dry_run)
     state.wait_for_everyone()
@@ -178,15 +229,17 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
     run = _Reproduction(cfg, st, state, result)
     run.stage("captions", run.captions)
     run.load_backbone()
-    run.stage("warm-up", lambda: run.train(st.warmup, ("head",), train_warmup))
+    warm_finals = tuple(head_folder("warmup", t) for t in tasks)
+    run.stage("warm-up", lambda: run.train(st.warmup, warm_finals, train_warmup))
     run.stage("creation", run.create)
-    finals = ("exploitation", "creation")
+    finals = tuple(head_folder(k, t) for k in ("exploitation", "creation") for t in tasks)
     run.stage("self-improve", lambda: run.train(st.self_improve, finals, train_self_improve))
-    for name, (folder, head_name) in HEADS.items():
-        run.stage(f"evaluate {name}", lambda n=name, d=root / folder / head_name: run.evaluate(n, d))
+    for name, (folder, _) in HEADS.items():
+        heads = [root / folder / head_folder(name, t) for t in tasks]
+        run.stage(f"evaluate {name}", lambda n=name, d=heads: run.evaluate(n, d))
 
     if main:
-        counts = {s: len(list_ids(cfg.data, s)) for s in (st.warmup.split, st.evaluate.split)}
+        counts = {s: _count(cfg.data, s) for s in (st.warmup.split, st.evaluate.split)}
         save_text(root / "metrics.json", json.dumps(result.metrics, indent=1))
         save_text(result.report, report_text(cfg, st, result, counts, dry_run))
         _say(main, f"report written to {result.report}")
@@ -219,7 +272,7 @@ class _Reproduction:
 
     def captions(self) -> str:
         if self.main:
-            return ensure_captions(self.cfg, self.st.create.split)
+            return ensure_captions(self.cfg, self.st.create.split, data=self.st.create.data)
         return "ran by the main process"
 
     def load_backbone(self) -> None:
@@ -247,29 +300,33 @@ class _Reproduction:
         return "resumed" if resume else "ran"
 
     def create(self) -> str:
-        from ...heads import NormalHead
+        from ...heads import NormalHead, load_head
         from ...stages.create import create_data, write_manifest
 
         st, state = self.st, self.state
         out = Path(st.create.out)
         total = (
-            len(NormalsDataset(self.cfg.data, st.create.split, size=None, labels=False))
+            len(NormalsDataset(st.create.data, st.create.split, size=None, labels=False))
             * st.create.samples_per_image
         )
         done = len(list((out / "meta").glob("*.json"))) if (out / "meta").is_dir() else 0
         if done >= total and (out / "manifest.jsonl").exists():
             return "skipped"
-        head = NormalHead.from_pretrained(st.create.head).to(self.device)
+        head: Any = NormalHead.from_pretrained(st.create.head).to(self.device)
+        if self.result.tasks != ("normals",):  # one UNet run per sample feeds every task's head
+            extra = {t: getattr(st.create, f"{t}_head") for t in self.result.tasks if t != "normals"}
+            head = {"normals": head, **{t: load_head(f, t, self.device) for t, f in extra.items()}}
         create_data(st.create, self.backbone, head, rank=state.process_index, world=state.num_processes)
         state.wait_for_everyone()
         if self.main:
             write_manifest(out)
         return "resumed" if done else "ran"
 
-    def evaluate(self, name: str, head_dir: Path) -> str:
+    def evaluate(self, name: str, head_dirs: list[Path]) -> str:
+        """Evaluate one head (or, with --tasks, its head set on one backbone pass per batch)."""
         from ...backbone import autocast_dtype
         from ...heads import NormalHead
-        from ...inference.predictor import NormalPredictor
+        from ...inference.predictor import NormalPredictor, TaskPredictor
         from ...stages.evaluate import evaluate
 
         cfg, ev = self.cfg, self.st.evaluate
@@ -277,12 +334,11 @@ class _Reproduction:
         if (out / "metrics.json").exists():
             self.result.metrics[name] = json.loads((out / "metrics.json").read_text())
             return "skipped"
-        predictor = NormalPredictor(
-            self.backbone,
-            NormalHead.from_pretrained(head_dir),
-            seed=ev.noise_seed,
-            autocast_dtype=autocast_dtype(cfg.mixed_precision),
-        )
+        kw = {"seed": ev.noise_seed, "autocast_dtype": autocast_dtype(cfg.mixed_precision)}
+        if len(head_dirs) == 1:
+            predictor: Any = NormalPredictor(self.backbone, NormalHead.from_pretrained(head_dirs[0]), **kw)
+        else:
+            predictor = TaskPredictor(self.backbone, [str(d) for d in head_dirs], **kw)
         res = evaluate(
             predictor,
             cfg.data,
@@ -293,5 +349,5 @@ class _Reproduction:
             limit=ev.limit,
             skip_bad_samples=self.st.warmup.skip_bad_samples,
         )
-        self.result.metrics[name] = res.metrics
+        self.result.metrics[name] = res.metrics | res.task_metrics  # as metrics.json holds them
         return "ran"

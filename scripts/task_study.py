@@ -320,42 +320,43 @@ def report(results: list[dict], s: dict, prefix: Path) -> str:
     return text
 
 
+def mean_curve(rows: list[dict], arm: str, task: str, key: str) -> list[float]:
+    """An arm's test metric at each of its evaluated steps, mean over the cells `rows`."""
+    steps = sorted(int(k) for k in rows[0]["curves"][arm])
+    return [statistics.fmean(r["curves"][arm][str(k)][task][key] for r in rows) for k in steps]
+
+
 def _curves_figure(results: list[dict], s: dict, path: Path) -> None:
-    import matplotlib
+    """Per size: each task's test metric against the step (mean over seeds; every arm starts from
+    the warm-up's last point) and the training loss of the warm-up + control and research runs."""
+    import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from diff2in1.viz import grid, line_plot, save_png
 
-    colors = {"warmup": "k", "control": "tab:blue", "research": "tab:red", "weighted": "tab:orange",
-              "filtered": "tab:green"}  # fmt: skip
-    sizes = [n for n in s["sizes"] if any(r["n"] == n for r in results)]
-    fig, axes = plt.subplots(len(sizes), 4, figsize=(17, 3.6 * len(sizes)), squeeze=False)
-    for row, n in enumerate(sizes):
+    every, warm = s["eval_every"], s["warmup_steps"]
+    rows_out = []
+    for n in (n for n in s["sizes"] if any(r["n"] == n for r in results)):
         rows = [r for r in results if r["n"] == n]
-        for col, task in enumerate(TASKS):
-            ax = axes[row][col]
+        row = []
+        for task in TASKS:
             key, label, _ = METRICS[task][0]
-            for arm in ARMS:
-                steps = sorted(int(k) for k in rows[0]["curves"][arm])
-                mean = [statistics.fmean(r["curves"][arm][str(k)][task][key] for r in rows) for k in steps]
-                ax.plot(steps, mean, "o-", color=colors[arm], label=arm, ms=3)
-            ax.axvline(s["warmup_steps"], color="0.7", lw=0.8)
-            ax.set_title(f"n = {n}: {task} (test)")
-            ax.set_xlabel("step")
-            ax.set_ylabel(label)
-        ax = axes[row][3]
+
+            start = mean_curve(rows, "warmup", task, key)
+            series = {"warmup": start, **{a: [start[-1], *mean_curve(rows, a, task, key)] for a in ARMS[1:]}}
+            offsets = {arm: len(start) - 1 for arm in ARMS[1:]}
+            title = f"n = {n}: {task}, test {label} (every {every} steps)"
+            row.append(np.asarray(line_plot(series, title, (560, 330), offsets=offsets, xlabel="evaluation",
+                                            ylabel=label)))  # fmt: skip
+        losses = {}
         for arm in ("warmup", "control", "research"):
-            xs = rows[0]["losses"][arm]["step"]
-            ys = [statistics.fmean(v) for v in zip(*(r["losses"][arm]["loss"] for r in rows), strict=True)]
-            window = 10  # a moving mean over steps: one batch's loss is noisy
-            smooth = [statistics.fmean(ys[max(0, i - window + 1) : i + 1]) for i in range(len(ys))]
-            ax.plot(xs, smooth, color=colors[arm], label=arm)
-        ax.set_title(f"n = {n}: training loss (all tasks, smoothed)")
-        ax.set_xlabel("step")
-        axes[row][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+            per_seed = [r["losses"][arm]["loss"] for r in rows]
+            losses[arm] = [statistics.fmean(v) for v in zip(*per_seed, strict=True)]
+        row.append(np.asarray(line_plot(
+            losses, f"n = {n}: training loss, all tasks (mean over seeds)", (560, 330), smooth=8,
+            offsets={"control": warm, "research": warm}, xlabel="step", ylabel="loss",
+        )))  # fmt: skip
+        rows_out.append(row)
+    save_png(grid(rows_out), path)
 
 
 def main() -> None:

@@ -107,6 +107,11 @@ def labelled_view(pool: Path, view: Path, n: int) -> Path:
     return view
 
 
+def spi_of(s: dict, n: int) -> int:
+    """Synthetic samples per labelled scene at set size n (1 where the settings name none)."""
+    return int(s["samples_per_image"].get(str(n), 1))
+
+
 def steps_per_epoch(n_images: int, batch: int) -> int:
     return n_images // batch  # drop_last
 
@@ -161,7 +166,7 @@ def train_arm(arm: str, cell: Path, view: Path, seed: int, s: dict, backbone, n:
         )  # fmt: skip
         train_warmup(cfg, resume=resume, backbone=backbone)
         return run
-    spi = s["samples_per_image"][str(n)]
+    spi = spi_of(s, n)
     every = s["eval_every"] // steps_per_epoch(n * (1 + spi), s["batch_size"])
     cfg = SelfImproveConfig(
         **common, synthetic=[str(cell / "synthetic")], init=str(warm / HEAD_FOLDERS["normals"]),
@@ -186,7 +191,7 @@ def create(cell: Path, view: Path, seed: int, s: dict, backbone, n: int) -> None
         depth_head=str(warm / HEAD_FOLDERS["depth"]),
         segmentation_head=str(warm / HEAD_FOLDERS["segmentation"]), out=str(cell / "synthetic"),
         resolution=(s["size"], s["size"]),
-        samples_per_image=s["samples_per_image"][str(n)], t_start=s["t_start"], steps=s["ddim_steps"],
+        samples_per_image=spi_of(s, n), t_start=s["t_start"], steps=s["ddim_steps"],
         seed=seed, batch_size=8, preview=4, progress=False,
     )  # fmt: skip
     heads = {task: h for task, (_, h) in load_head_set(head_folders(warm, "warmup")).items()}
@@ -239,7 +244,7 @@ def run_cell(n: int, seed: int, s: dict, out: Path, pool: Path, backbone) -> dic
         train_arm(arm, cell, view, seed, s, backbone, n)
         seconds[arm] = time.perf_counter() - t
         print(f"  n={n} seed {seed}: {arm} trained ({seconds[arm]:.0f} s)", flush=True)
-    spi = s["samples_per_image"][str(n)]
+    spi = spi_of(s, n)
     result = {"n": n, "seed": seed, "curves": {}, "final": {}, "losses": {}, "seconds": seconds}
     for arm in ARMS:
         run = cell / arm
@@ -367,6 +372,8 @@ def main() -> None:
     ap.add_argument("--extra-steps", type=int)
     ap.add_argument("--warmup-steps", type=int)
     ap.add_argument("--eval-every", type=int)
+    for name in ("backbone", "size", "pool", "test", "batch_size", "ddim_steps"):  # small test runs
+        ap.add_argument("--" + name.replace("_", "-"), type=type(SETTINGS[name]), help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     ap.add_argument("--report", metavar="PREFIX", help="write the tables and figure from finished cells")
     a = ap.parse_args()
@@ -384,7 +391,8 @@ def main() -> None:
         s["sizes"] = tuple(int(x) for x in a.sizes.split(","))
     if a.seeds:
         s["seeds"] = tuple(int(x) for x in a.seeds.split(","))
-    for name in ("extra_steps", "warmup_steps", "eval_every"):
+    knobs = ("extra_steps", "warmup_steps", "eval_every", "backbone", "size", "pool", "test", "batch_size")
+    for name in (*knobs, "ddim_steps"):
         if getattr(a, name) is not None:
             s[name] = getattr(a, name)
     out = Path(a.out)

@@ -71,6 +71,7 @@ METRICS = {
     "depth": (("abs_rel", "AbsRel", False), ("rmse", "RMSE (m)", False), ("delta1", "delta < 1.25", True)),
     "segmentation": (("miou", "mIoU", True), ("pixel_acc", "pixel accuracy", True)),
 }
+GROWABLE = ("extra_steps", "eval_every")  # settings a re-run may change (see main)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
@@ -135,6 +136,12 @@ def checkpoints(run: Path, arm: str, epoch_steps: int, start: int) -> dict[int, 
     return found
 
 
+def trained_steps(run: Path) -> int:
+    """The last optimizer step a run logged (0 before its first)."""
+    lines = (run / "log.csv").read_text().splitlines() if (run / "log.csv").exists() else []
+    return int(lines[-1].split(",", 1)[0]) if len(lines) > 1 else 0
+
+
 def train_arm(arm: str, cell: Path, view: Path, seed: int, s: dict, backbone, n: int) -> Path:
     """Train one arm of a cell (resuming an interrupted run); returns its run folder."""
     from diff2in1.config import SelfImproveConfig, WarmupConfig
@@ -143,7 +150,8 @@ def train_arm(arm: str, cell: Path, view: Path, seed: int, s: dict, backbone, n:
 
     run = cell / arm
     final = head_folders(run, arm)
-    if all(Path(h, "config.json").exists() for h in final):
+    target = s["warmup_steps"] if arm == "warmup" else s["extra_steps"]
+    if all(Path(h, "config.json").exists() for h in final) and trained_steps(run) >= target:
         return run
     common = dict(
         data=str(view), backbone=s["backbone"], out=str(run), resolution=(s["size"], s["size"]),
@@ -223,14 +231,20 @@ def train_losses(run: Path, start: int) -> dict[str, list]:
     return {"step": [start + int(r["step"]) for r in rows], **{k: [float(r[k]) for r in rows] for k in keys}}
 
 
+def cell_extra_steps(result: dict, s: dict) -> int:
+    """The extra steps a finished cell's arms trained (read from its control curve if not recorded)."""
+    return result.get("extra_steps") or max(map(int, result["curves"]["control"])) - s["warmup_steps"]
+
+
 def run_cell(n: int, seed: int, s: dict, out: Path, pool: Path, backbone) -> dict:
     """Train, create and evaluate every arm of the cell (n, seed); returns its results."""
     from diff2in1.atomic import save_text
 
     cell = out / "cells" / f"n{n}_s{seed}"
     done = cell / "results.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    old = json.loads(done.read_text()) if done.is_file() else None
+    if old is not None and cell_extra_steps(old, s) >= s["extra_steps"]:
+        return old
     view = labelled_view(pool, out / "views" / f"n{n}", n)
     t0 = time.perf_counter()
     seconds = {}
@@ -245,7 +259,8 @@ def run_cell(n: int, seed: int, s: dict, out: Path, pool: Path, backbone) -> dic
         seconds[arm] = time.perf_counter() - t
         print(f"  n={n} seed {seed}: {arm} trained ({seconds[arm]:.0f} s)", flush=True)
     spi = spi_of(s, n)
-    result = {"n": n, "seed": seed, "curves": {}, "final": {}, "losses": {}, "seconds": seconds}
+    result = {"n": n, "seed": seed, "extra_steps": s["extra_steps"], "curves": {}, "final": {}, "losses": {},
+              "seconds": seconds}  # fmt: skip
     for arm in ARMS:
         run = cell / arm
         start = 0 if arm == "warmup" else s["warmup_steps"]
@@ -259,6 +274,9 @@ def run_cell(n: int, seed: int, s: dict, out: Path, pool: Path, backbone) -> dic
         result["final"][arm] = curve[max(curve)]
         result["losses"][arm] = train_losses(run, start)
     result["seconds"]["total"] = time.perf_counter() - t0
+    if old is not None:  # a cell continued to more extra steps: its time is both runs'
+        for k, v in old["seconds"].items():
+            result["seconds"][k] = result["seconds"].get(k, 0.0) + v
     save_text(done, json.dumps(result, indent=1))
     return result
 
@@ -277,6 +295,24 @@ def _best_step(r: dict, task: str) -> int:
     return (max if higher else min)(curve, key=curve.get)
 
 
+def curve_table(rows: list[dict]) -> list[str]:
+    """Each task's headline test metric per arm at every evaluated step (mean over the cells)."""
+    steps = sorted({int(k) for r in rows for arm in ARMS for k in r["curves"][arm]})
+    head = "| step | " + " | ".join(f"{task}: {arm}" for task in TASKS for arm in ARMS[1:]) + " |"
+    lines = ["Along the training (warm-up until its last step, then the arms; mean over seeds; "
+             f"{', '.join(METRICS[t][0][1] for t in TASKS)}):", "", head, "|---" * (1 + 4 * len(TASKS)) + "|"]
+    for step in steps:
+        cells = []
+        for task in TASKS:
+            key = METRICS[task][0][0]
+            for arm in ARMS[1:]:
+                src = "warmup" if all(str(step) in r["curves"]["warmup"] for r in rows) else arm
+                have = [r["curves"][src][str(step)][task][key] for r in rows if str(step) in r["curves"][src]]
+                cells.append(f"{statistics.fmean(have):.3g}" if len(have) == len(rows) else "")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def report(results: list[dict], s: dict, prefix: Path) -> str:
     """Markdown tables (per size and task: arms at their last step, and each arm minus the control
     paired by seed), the curves figure and the raw numbers (PREFIX.json)."""
@@ -285,7 +321,7 @@ def report(results: list[dict], s: dict, prefix: Path) -> str:
     lines = [
         f"Procedural scenes at {s['size']}x{s['size']} ({s['test']} test scenes), backbone "
         f"`{s['backbone']}`, three `{s['head']}` heads trained together, batch {s['batch_size']}, lr "
-        f"{s['lr']:g}; warm-up {s['warmup_steps']} steps, then {s['extra_steps']} extra steps per arm; "
+        f"{s['lr']:g}; warm-up {s['warmup_steps']} steps, then the extra steps given per size; "
         f"synthetic samples per labelled scene {s['samples_per_image']} (t = {s['t_start']}, "
         f"{s['ddim_steps']} DDIM steps), EMA {s['ema_decay']} every {s['ema_every']} steps, filtered "
         f"quantile {s['quantile']}. Mean over seeds +- the half-width of the 95 % t-interval; "
@@ -297,7 +333,12 @@ def report(results: list[dict], s: dict, prefix: Path) -> str:
         if not rows:
             continue
         seeds = sorted(r["seed"] for r in rows)
-        lines += [f"### n = {n} labelled scenes (seeds {', '.join(map(str, seeds))})", ""]
+        extra = sorted({cell_extra_steps(r, s) for r in rows})
+        lines += [
+            f"### n = {n} labelled scenes, {'/'.join(map(str, extra))} extra steps "
+            f"(seeds {', '.join(map(str, seeds))})",
+            "",
+        ]
         for task, cols in METRICS.items():
             key, label, higher = cols[0]
             lines += [f"**{task}**", ""]
@@ -316,6 +357,7 @@ def report(results: list[dict], s: dict, prefix: Path) -> str:
                 + _cell(best) + " |" + " |" * (len(cols) - 1) + " |"
             )
             lines.append("")
+        lines += curve_table(rows)
     secs = [r["seconds"].get("total", 0) for r in results]
     lines.append(f"Time per cell: median {statistics.median(secs):.0f} s on the 2-core CPU.")
     text = "\n".join(lines) + "\n"
@@ -397,10 +439,13 @@ def main() -> None:
             s[name] = getattr(a, name)
     out = Path(a.out)
     settings = out / "settings.json"
-    defining = {k: v for k, v in s.items() if k not in ("sizes", "seeds")}  # more cells may be added
-    defining = json.loads(json.dumps(defining))
+    # More cells may be added (sizes, seeds); the arms may be trained longer (extra_steps: a cell's
+    # runs continue exactly, the learning rate being constant) and kept more often (eval_every).
+    defining = json.loads(json.dumps({k: v for k, v in s.items() if k not in ("sizes", "seeds")}))
     try:
-        if not check_recorded(settings, defining, f"{settings}: recorded with other settings"):
+        if not check_recorded(
+            settings, defining, f"{settings}: recorded with other settings", free=GROWABLE
+        ):
             out.mkdir(parents=True, exist_ok=True)
             save_text(settings, json.dumps(defining, indent=1))
     except InputError as e:

@@ -67,8 +67,25 @@ def test_a_rerun_trains_nothing_and_other_settings_are_refused(ran, capsys):
     _main(["--out", str(ran), "--sizes", "2", "--seeds", "1", *FAST])
     assert done.stat().st_mtime_ns == before
     with pytest.raises(SystemExit) as e:
-        _main(["--out", str(ran), "--sizes", "2", "--seeds", "1", *FAST[:-2], "--eval-every", "1"])
-    assert "eval_every: 2 -> 1" in str(e.value) and "settings.json" in str(e.value)
+        _main(["--out", str(ran), "--sizes", "2", "--seeds", "1", *FAST, "--warmup-steps", "3"])
+    assert "warmup_steps: 2 -> 3" in str(e.value) and "settings.json" in str(e.value)
+
+
+def test_more_extra_steps_continue_the_arms(ran, tmp_path):
+    import shutil
+
+    out = tmp_path / "longer"
+    shutil.copytree(ran, out, symlinks=True)
+    cell = out / "cells" / "n2_s1"
+    before = json.loads((cell / "results.json").read_text())
+    _main(["--out", str(out), "--sizes", "2", "--seeds", "1", *FAST, "--extra-steps", "6"])
+    after = json.loads((cell / "results.json").read_text())
+    assert after["extra_steps"] == 6
+    for arm in study.ARMS[1:]:  # the runs went on from step 6: the earlier steps are kept as they were
+        assert after["losses"][arm]["step"] == [3, 4, 5, 6, 7, 8]
+        assert after["losses"][arm]["loss"][:4] == before["losses"][arm]["loss"]
+        assert after["curves"][arm]["6"] == before["curves"][arm]["6"] and "8" in after["curves"][arm]
+    assert after["curves"]["warmup"] == before["curves"]["warmup"]
 
 
 def test_report_gives_paired_differences_and_the_curves(ran, tmp_path):

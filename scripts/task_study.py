@@ -369,7 +369,7 @@ def report(results: list[dict], s: dict, prefix: Path) -> str:
 
 def mean_curve(rows: list[dict], arm: str, task: str, key: str) -> list[float]:
     """An arm's test metric at each of its evaluated steps, mean over the cells `rows`."""
-    steps = sorted(int(k) for k in rows[0]["curves"][arm])
+    steps = sorted(set.intersection(*({int(k) for k in r["curves"][arm]} for r in rows)))  # in every cell
     return [statistics.fmean(r["curves"][arm][str(k)][task][key] for r in rows) for k in steps]
 
 
@@ -397,7 +397,7 @@ def _curves_figure(results: list[dict], s: dict, path: Path) -> None:
         losses = {}
         for arm in ("warmup", "control", "research"):
             per_seed = [r["losses"][arm]["loss"] for r in rows]
-            losses[arm] = [statistics.fmean(v) for v in zip(*per_seed, strict=True)]
+            losses[arm] = [statistics.fmean(v) for v in zip(*per_seed, strict=False)]  # the shortest run
         row.append(np.asarray(line_plot(
             losses, f"n = {n}: training loss, all tasks (mean over seeds)", (560, 330), smooth=8,
             offsets={"control": warm, "research": warm}, xlabel="step", ylabel="loss",

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diff2in1.cli import main
 from diff2in1.config import CreateConfig, WarmupConfig
@@ -212,7 +213,7 @@ def test_pipe_create_with_a_head_set_returns_every_modality(run, created, scenes
     normals_only = Diff2in1Pipeline.from_backbone(tiny_backbone, str(run / "head"))
     item = MultiTaskDataset(scenes_root, "train", ("normals",), size=(64, 64), captions=False)[0]
     meta = json.loads((created / "meta" / f"{item['id']}_syn0.json").read_text())
-    image = (item["image"] + 1) / 2
+    image = item["image"]  # a float tensor is read in [-1, 1], the dataset's range
     kw = dict(caption=meta["caption"], seed=meta["seed"], t_start=200, steps=2, show_progress_bar=False)
     out = pipe.create(image, **kw)
     alone = normals_only.create(image, **kw)
@@ -279,3 +280,35 @@ def test_multitask_recreation_makes_every_modality(run, scenes_root, tiny_backbo
         assert (syn / "train" / "seg" / f"{sid}.png").is_file(), sid
     record = json.loads((syn / "create_config.json").read_text())
     assert record["tasks"] == ["normals", "depth", "segmentation"]
+
+
+
+def test_pipe_create_remakes_created_samples_with_every_modality_exactly(
+    run, created, scenes_root, tiny_backbone
+):
+    """`pipe.create` with the seeds of a create-data folder's first batch (its --batch-size 3), given
+    the source image files, remakes those samples' files bit for bit: image, normals, kappa, depth,
+    depth uncertainty, class map and class confidence."""
+    from diff2in1.inference.pipeline import Diff2in1Pipeline
+    from diff2in1.pseudo_labels import segmentation_confidence
+
+    folders = [str(run / n) for n in ("head", "head_depth", "head_segmentation")]
+    pipe = Diff2in1Pipeline.from_backbone(tiny_backbone, folders)
+    metas = [json.loads(p.read_text()) for p in sorted((created / "meta").glob("*.json"))[:3]]
+    sources = [next((scenes_root / "train" / "img").glob(f"{m['source_id']}.*")) for m in metas]
+    out = pipe.create(
+        [str(p) for p in sources], caption=[m["caption"] for m in metas], seed=[m["seed"] for m in metas],
+        t_start=200, steps=2, batch_size=3, output_type="pt", show_progress_bar=False,
+    )  # fmt: skip
+    conf = segmentation_confidence(out.class_probabilities.log())  # softmax(log p) = p
+    d = created / "train"
+    for b, m in enumerate(metas):
+        sid = m["id"]
+        image = np.asarray(Image.open(d / "img" / f"{sid}.png"))
+        assert np.array_equal(np.clip(np.rint(out.images[b].permute(1, 2, 0).numpy() * 255), 0, 255), image)
+        assert np.array_equal(out.normals[b].permute(1, 2, 0).numpy(), np.load(d / "norm_npy" / f"{sid}.npy"))
+        assert np.array_equal(out.kappa[b, 0].numpy(), np.load(d / "kappa" / f"{sid}.npy"))
+        assert np.array_equal(out.depth[b, 0].numpy(), read_depth(d / "depth" / f"{sid}.npy"))
+        assert np.array_equal(out.depth_uncertainty[b, 0].numpy(), np.load(d / "depth_unc" / f"{sid}.npy"))
+        assert np.array_equal(out.classes[b].numpy(), read_seg(d / "seg" / f"{sid}.png"))
+        assert np.allclose(conf[b, 0].numpy(), np.load(d / "seg_conf" / f"{sid}.npy"), atol=1e-6)

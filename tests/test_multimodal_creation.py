@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from diff2in1.cli import main
 from diff2in1.config import CreateConfig, WarmupConfig
@@ -212,7 +213,7 @@ def test_pipe_create_with_a_head_set_returns_every_modality(run, created, scenes
     normals_only = Diff2in1Pipeline.from_backbone(tiny_backbone, str(run / "head"))
     item = MultiTaskDataset(scenes_root, "train", ("normals",), size=(64, 64), captions=False)[0]
     meta = json.loads((created / "meta" / f"{item['id']}_syn0.json").read_text())
-    image = (item["image"] + 1) / 2
+    image = item["image"]  # a float tensor is read in [-1, 1], the dataset's range
     kw = dict(caption=meta["caption"], seed=meta["seed"], t_start=200, steps=2, show_progress_bar=False)
     out = pipe.create(image, **kw)
     alone = normals_only.create(image, **kw)
@@ -279,3 +280,83 @@ def test_multitask_recreation_makes_every_modality(run, scenes_root, tiny_backbo
         assert (syn / "train" / "seg" / f"{sid}.png").is_file(), sid
     record = json.loads((syn / "create_config.json").read_text())
     assert record["tasks"] == ["normals", "depth", "segmentation"]
+
+
+
+def test_pipe_create_remakes_created_samples_with_every_modality_exactly(
+    run, created, scenes_root, tiny_backbone
+):
+    """`pipe.create` with the seeds of a create-data folder's first batch (its --batch-size 3), given
+    the source image files, remakes those samples' files bit for bit: image, normals, kappa, depth,
+    depth uncertainty, class map and class confidence."""
+    from diff2in1.inference.pipeline import Diff2in1Pipeline
+    from diff2in1.pseudo_labels import segmentation_confidence
+
+    folders = [str(run / n) for n in ("head", "head_depth", "head_segmentation")]
+    pipe = Diff2in1Pipeline.from_backbone(tiny_backbone, folders)
+    metas = [json.loads(p.read_text()) for p in sorted((created / "meta").glob("*.json"))[:3]]
+    sources = [next((scenes_root / "train" / "img").glob(f"{m['source_id']}.*")) for m in metas]
+    out = pipe.create(
+        [str(p) for p in sources], caption=[m["caption"] for m in metas], seed=[m["seed"] for m in metas],
+        t_start=200, steps=2, batch_size=3, output_type="pt", show_progress_bar=False,
+    )  # fmt: skip
+    conf = segmentation_confidence(out.class_probabilities.log())  # softmax(log p) = p
+    d = created / "train"
+    for b, m in enumerate(metas):
+        sid = m["id"]
+        image = np.asarray(Image.open(d / "img" / f"{sid}.png"))
+        assert np.array_equal(np.clip(np.rint(out.images[b].permute(1, 2, 0).numpy() * 255), 0, 255), image)
+        assert np.array_equal(out.normals[b].permute(1, 2, 0).numpy(), np.load(d / "norm_npy" / f"{sid}.npy"))
+        assert np.array_equal(out.kappa[b, 0].numpy(), np.load(d / "kappa" / f"{sid}.npy"))
+        assert np.array_equal(out.depth[b, 0].numpy(), read_depth(d / "depth" / f"{sid}.npy"))
+        assert np.array_equal(out.depth_uncertainty[b, 0].numpy(), np.load(d / "depth_unc" / f"{sid}.npy"))
+        assert np.array_equal(out.classes[b].numpy(), read_seg(d / "seg" / f"{sid}.png"))
+        assert np.allclose(conf[b, 0].numpy(), np.load(d / "seg_conf" / f"{sid}.npy"), atol=1e-6)
+
+
+def test_multitask_self_improvement_killed_then_resumed_is_bit_exact(created, run, scenes_root, tmp_path):
+    """kill -9 mid-run (after the first epoch's saved state), then --resume: the six heads of an
+    uninterrupted run, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    def args(out):
+        heads = ["--init", str(run / "head"), "--depth-init", str(run / "head_depth"),
+                 "--segmentation-init", str(run / "head_segmentation")]  # fmt: skip
+        return ["--threads", "1", "train-self-improve", "--data", str(scenes_root), "--synthetic",
+                str(created), "--backbone", "tiny", *heads, "--tasks", "normals,depth,segmentation",
+                "--resolution", "64", "--batch-size", "4", "--epochs", "3", "--ema-every", "2",
+                "--checkpoint-every", "0", "--num-workers", "0", "--no-progress",
+                "--out", str(out)]  # fmt: skip
+
+    assert main(args(tmp_path / "full")) == 0
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diff2in1.cli", *args(cut)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log, t0 = cut / "log.csv", time.time()
+    # 4 steps an epoch: stop inside the second, after the first epoch's state is saved
+    while not ((cut / "state").exists() and log.exists() and len(log.read_text().splitlines()) > 6):
+        assert proc.poll() is None, f"finished before the signal: {proc.stderr.read()}"
+        if time.time() - t0 > 120:
+            proc.kill()
+            pytest.fail("timed out before the signal")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert main([*args(cut), "--resume"]) == 0
+    names = ["creation", "exploitation", "creation_depth", "exploitation_depth",
+             "creation_segmentation", "exploitation_segmentation"]  # fmt: skip
+    for name in names:
+        a = load_file(tmp_path / "full" / name / "diffusion_pytorch_model.safetensors")
+        b = load_file(cut / name / "diffusion_pytorch_model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [r.split(",")[0] for r in log.read_text().splitlines()[1:]]
+    assert rows == [str(i) for i in range(1, 13)]  # the killed run's unsaved steps are not logged twice

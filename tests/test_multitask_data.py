@@ -189,6 +189,14 @@ def test_nyudmt_layout_read_directly(tmp_path):
         MultiTaskDataset(root, "train", size=None)
 
 
+@pytest.mark.parametrize("dataset", [NormalsDataset, MultiTaskDataset])
+def test_reading_options_are_checked_alike(scenes, dataset):
+    with pytest.raises(InputError, match=r"^on_error must be 'raise' or 'skip', got 'ignore'$"):
+        dataset(scenes, "train", size=None, on_error="ignore")
+    with pytest.raises(InputError, match=r"^resize must be one of research, nearest, got 'bicubic'$"):
+        dataset(scenes, "train", size=None, resize="bicubic")
+
+
 def test_parse_tasks():
     assert parse_tasks("segmentation, normals") == ("normals", "segmentation")
     with pytest.raises(InputError, match="unknown task 'edges'"):

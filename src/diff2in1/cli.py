@@ -525,7 +525,9 @@ def _make_scenes(p: argparse.ArgumentParser) -> None:
 
     def run(a: argparse.Namespace) -> None:
         from .data.scenes import make_scenes
+        from .out_folder import claim_output_folder
 
+        claim_output_folder(a.out, "make-scenes")  # a user's folder is refused; earlier scenes resumed
         make_scenes(a.out, a.train, a.test, a.size, a.seed, progress=a.progress)
         print(f"scenes written to {a.out}")
 

@@ -57,6 +57,14 @@ ResizeMode = Literal["research", "nearest"]
 RESIZE_MODES = ("research", "nearest")
 
 
+def check_reading_options(on_error: str, resize: str) -> None:
+    """The `on_error` and `resize` arguments every dataset here takes: InputError on another value."""
+    if on_error not in ("raise", "skip"):
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if resize not in RESIZE_MODES:
+        raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+
+
 @dataclass(frozen=True)
 class _Entry:
     id: str
@@ -117,10 +125,7 @@ class NormalsDataset(Dataset):
         resize: ResizeMode = "research",
         captions: bool = True,
     ) -> None:
-        if on_error not in ("raise", "skip"):
-            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if resize not in RESIZE_MODES:
-            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        check_reading_options(on_error, resize)
         self.resize = resize
         if float_normals not in ("auto", True, False):
             raise InputError(f"float_normals must be 'auto', True or False, got {float_normals!r}")
@@ -284,6 +289,7 @@ def orphan_normals(root: str | os.PathLike, split: str) -> list[str]:
 __all__ = [
     "RESIZE_MODES",
     "NormalsDataset",
+    "check_reading_options",
     "nearest_indices",
     "orphan_normals",
     "resize_bilinear",

@@ -34,10 +34,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from diff2in1.data.dataset import (
-    RESIZE_MODES,
     OnError,
     ResizeMode,
     _as_size,
+    check_reading_options,
     resize_image,
     resize_nearest,
     resize_normals_research,
@@ -152,10 +152,7 @@ class MultiTaskDataset(Dataset):
         on_error: OnError = "raise",
         captions: bool = True,
     ) -> None:
-        if on_error not in ("raise", "skip"):
-            raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if resize not in RESIZE_MODES:
-            raise InputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+        check_reading_options(on_error, resize)
         if depth_resize not in DEPTH_RESIZE_MODES:
             modes = ", ".join(DEPTH_RESIZE_MODES)
             raise InputError(f"depth resize must be one of {modes}, got {depth_resize!r}")

@@ -519,7 +519,8 @@ class Diff2in1Pipeline(DiffusionPipeline):
         `create-data` runs too).
 
         Each image's sample comes from its own seed: `seed` (an int for every image, or one per
-        image; a `create-data` sample's seed is in its `meta/<id>.json`), else one drawn from
+        image; a `create-data` sample's seed is in its `meta/<id>.json`: with its source image file,
+        or that image as a float tensor in [-1, 1], it remakes the sample), else one drawn from
         `generator` (one generator for every image, or a list with one per image; default a
         generator seeded with 0). So a sample does not depend on the other images, on
         `batch_size` (images per model pass) or on the device. `callback(done, total)` after each

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..config import TrainConfig
 from ..errors import InputError
 from ..limits import cap_workers
+from ..termination import quiet_worker
 from .run_folder import RunDir, atomic_dir, optimizer_from_tensors, optimizer_to_tensors
 
 
@@ -204,6 +205,7 @@ def run_training(
                 batch_sampler=sampler,
                 num_workers=workers,
                 pin_memory=accelerator.device.type == "cuda",
+                worker_init_fn=quiet_worker,
             )
             first = sampler.start
             # When max_steps ends the run before the epochs do (e.g. epochs=10**6 as "until max_steps"),

@@ -33,6 +33,7 @@ from ..heads.normal_head import WEIGHTS_NAMES
 from ..inference.predictor import NormalPredictor
 from ..intervals import mean_interval
 from ..metrics import angular_error_deg
+from ..out_folder import claim_output_folder
 from ..stages.create import create_data
 from ..stages.evaluate import evaluate, format_table
 from ..stages.self_improve import train_self_improve
@@ -300,7 +301,7 @@ def _run_seed(cfg: DemoConfig, seed: int, sd: Path, data: Path, backbone, times:
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo into `cfg.out`; returns the path of `report.md`."""
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output_folder(out, "demo")  # a user's folder is refused; an earlier demo's resumed
     save_text(out / "demo_config.json", json.dumps(to_plain(cfg), indent=1))
     seed_stages = [(f"seed {s}", name) for s in cfg.seeds for name in SEED_STAGES]
     stages = [("", "make scenes"), *seed_stages, ("", "figures and report")]

@@ -17,6 +17,7 @@ from ...config import ReproduceConfig
 from ...data import NormalsDataset
 from ...data.layout import list_ids, sample_paths
 from ...errors import InputError
+from ...out_folder import claim_output_folder
 from ...path_overlap import refuse_overlap
 from ...training.run_folder import RunDir
 from ..stage_clock import StageClock
@@ -165,6 +166,7 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
         raise InputError("reproduce: missing --out")
     # Outputs never touch inputs: checked here, not after hours in the stage that would notice.
     refuse_overlap(cfg.out, data=cfg.data, backbone=cfg.backbone, caption_model=cfg.caption_model)
+    claim_output_folder(cfg.out, "reproduce")  # a user's folder is refused; an earlier run's continued
     source = cfg.data
     cfg = complete(cfg)
     if dry_run:

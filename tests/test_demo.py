@@ -31,7 +31,9 @@ def _backbone() -> str:
 def quick_demo(tmp_path_factory):
     """One quick demo of the three tasks: (folder, its command line, what it printed)."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    args = ["demo", "--quick", "--out", str(out), "--backbone", _backbone(), "--no-progress"]
+    # One thread: two threads on a machine whose cores other jobs hold wait on each other.
+    args = ["--threads", "1", "demo", "--quick", "--out", str(out), "--backbone", _backbone()]
+    args.append("--no-progress")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(args) == 0
@@ -46,7 +48,7 @@ def test_demo_quick_shows_every_task(quick_demo):
     assert len(headers) == 1 + 5 + 1, headers
     assert headers[0].startswith("[demo] make scenes (0 s so far; estimate after the first stage)")
     assert "[demo] seed 0 (1/1) - stage 2/5: create data (" in stdout
-    assert all("left)" in h for h in headers[1:]) and "CPU thread(s)" in stdout
+    assert all("left)" in h for h in headers[1:]) and "[demo] 1 CPU thread(s) (--threads)" in stdout
     report_text = (out / "report.md").read_text()
     for part in (
         "Smoke run (`--quick`)",
@@ -158,6 +160,20 @@ def test_demo_with_a_nan_head_does_not_exit_0(quick_demo, capsys):
         weights.write_bytes(saved_weights)
         shutil.rmtree(sd / "eval")
         saved_eval.rename(sd / "eval")
+
+
+def test_demo_with_a_self_improving_stage_that_logged_nothing_does_not_exit_0(quick_demo, capsys):
+    """The control trains as many steps as the self-improving stage logged: none is an error, not
+    a control without end."""
+    out, args, _ = quick_demo
+    log = out / "seed_0" / "self_improve" / "log.csv"
+    kept = log.read_bytes()
+    log.unlink()
+    try:
+        assert main(args) == 2
+        assert "self_improve: its log.csv records no step" in capsys.readouterr().err
+    finally:
+        log.write_bytes(kept)
 
 
 def test_demo_that_would_train_nothing_is_refused(tmp_path):

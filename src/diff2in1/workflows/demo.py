@@ -29,6 +29,7 @@ from ..atomic import save_text
 from ..backbone import load_backbone
 from ..config import CreateConfig, SelfImproveConfig, WarmupConfig
 from ..data.scenes import make_scenes
+from ..errors import InputError
 from ..heads import NormalHead, load_head
 from ..heads.normal_head import WEIGHTS_NAMES
 from ..inference.predictor import NormalPredictor, TaskPredictor
@@ -56,14 +57,16 @@ SEED_STAGES = ("warm-up", "create data", "self-improve", "control", "evaluate")
 # Rough relative cost of each stage at the default sizes, for the time-left estimate of the first
 # seed (later seeds use the first seed's measured times).
 STAGE_WEIGHTS = {
-    "make scenes": 0.3,
-    "warm-up": 2.0,
-    "create data": 5.0,
-    "self-improve": 2.5,
-    "control": 1.0,
-    "evaluate": 1.0,
+    "make scenes": 0.2,
+    "warm-up": 6.0,
+    "create data": 10.0,
+    "self-improve": 4.5,
+    "control": 3.0,
+    "evaluate": 2.0,
     "figures and report": 0.5,
 }
+
+
 def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
@@ -240,6 +243,10 @@ def _run_seed(cfg: DemoConfig, seed: int, sd: Path, data: Path, backbone, times:
         ),
     )
 
+    if si["steps"] < 1:  # the control would have no step count to match (and train without end)
+        raise InputError(
+            f"{sd / 'self_improve'}: its log.csv records no step; remove the folder to run the stage again"
+        )
     # Control: the same number of extra steps on original data only, from the same warm-up heads.
     kcfg = WarmupConfig(
         **common,

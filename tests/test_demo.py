@@ -155,7 +155,7 @@ def test_demo_with_a_nan_head_does_not_exit_0(quick_demo, capsys):
         save_file(tensors, weights)
         shutil.rmtree(sd / "eval" / "exploitation")
         assert main(args) == 2
-        assert "not finite (NaN)" in capsys.readouterr().err
+        assert "the depth predictions are not finite (NaN)" in capsys.readouterr().err
     finally:
         weights.write_bytes(saved_weights)
         shutil.rmtree(sd / "eval")

@@ -192,6 +192,7 @@ def report(cfg: DemoConfig, runs: dict, summary: dict, times: StageTimes, figure
             "",
         ]
     heads = "one head per task on the same backbone pass" if len(tasks) > 1 else "one head"
+    heads_word = "heads" if len(tasks) > 1 else "head"
     labels = "its normals" + ("".join(f", {t}" for t in tasks if t != "normals"))
     cache = (
         "; every training stage computes each image's UNet taps once, in its first epoch (noise fixed "
@@ -205,8 +206,8 @@ def report(cfg: DemoConfig, runs: dict, summary: dict, times: StageTimes, figure
         f"`{cfg.head}` heads, {len(seeds)} training seed(s) ({', '.join(map(str, seeds))}) on the same "
         f"scenes. Per seed: warm-up {cfg.warmup_epochs} epochs ({first['warm']['steps']} steps of "
         f"batch {cfg.batch_size}); synthetic data: 1 sample per training image, noise to "
-        f"t={cfg.t_start}, {cfg.steps} DDIM steps, {labels} from the warm-up heads on the same last "
-        f"step; self-improving stage {cfg.self_improve_epochs} epoch(s) ({first['si']['steps']} steps), "
+        f"t={cfg.t_start}, {cfg.steps} DDIM steps, {labels} from the warm-up {heads_word} on the same "
+        f"last step; self-improving stage {cfg.self_improve_epochs} epoch(s) ({first['si']['steps']} steps), "
         f"EMA {cfg.ema_decay} every {cfg.ema_every} steps; control: the warm-up heads trained the "
         f"same {first['control']['steps']} extra steps on the original data only{cache}.",
         "",

@@ -26,21 +26,24 @@ RECORD_DEFAULTS = {"tasks": "normals", "pseudo_labels": "research", "feature_cac
 class DemoConfig:
     """Sizes of the demo; `quick()` is the smoke-test version used by the tests (no verdict).
 
-    Defaults (`make demo`, about 7 minutes expected on an idle 2-core CPU, see the README): the
+    Defaults (`make demo`, about 7.5 minutes expected on an idle 2-core CPU, see the README): the
     three tasks on 80 train / 40 test scenes at 128x128 (the same scenes for every seed), and for
     each of the 2 seeds a warm-up of 8 epochs (80 steps of batch 8), 80 synthetic samples with
     every task's label (1 per training image, t_start 600, 50 DDIM steps), a self-improving stage
     of 2 epochs over real + synthetic (40 steps, EMA 0.998 every 10 steps) and the control
     trained the same 40 steps on the real images only. The sizes are chosen for the time: per
-    training scene the three heads cost about 1.3x the normal head alone (the heads, not the
-    UNet, dominate at 128x128), creation about as much as before (one UNet run serves every
-    head), so the scenes are half the 160 of the normals-only demo, and the tap cache is on.
+    training scene the three heads' stages cost about 1.3x the normal head's (CPU time, three
+    heads with the tap cache against the normal head without it: warm-up 1.28x,
+    self-improvement 1.38x, control 1.36x; the heads, not the UNet, dominate at 128x128),
+    creation about the same (one UNet run serves every head), so the scenes are half the 160 of
+    the normals-only demo.
     `tasks`: the heads trained, created and compared (normals is always one: its head is the
     creation head of the method). `pseudo_labels`: the synthetic labels of the self-improving stage
     (research | weighted | filtered, default `DEFAULT_PSEUDO_LABELS`). `feature_cache`: "memory"
     computes each image's UNet taps once (in the first epoch of every training stage, with the
     noise fixed per image) and trains the heads on them afterwards; "none" is the research
-    behaviour (fresh noise every step). `seed` is the seed of the scenes; `seeds` those of the
+    behaviour (fresh noise every step); the self-improving stage allows it because the demo does
+    not re-create its synthetic set. `seed` is the seed of the scenes; `seeds` those of the
     training runs (and of the synthetic data), one run each.
     """
 

@@ -712,7 +712,9 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 def _demo(p: argparse.ArgumentParser) -> None:
     from .workflows.demo_settings import DEFAULT_PSEUDO_LABELS  # no torch: the parser stays fast
 
-    p.add_argument("--out", default="runs/demo", help="demo folder (resumes if it exists)")
+    p.add_argument(
+        "--out", default="runs/demo", help="demo folder (resumes one made with the same settings)"
+    )
     p.add_argument(
         "--quick", action="store_true", help="smoke run (~1 min): tiny sizes, checks every stage, no verdict"
     )

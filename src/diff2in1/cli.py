@@ -727,7 +727,11 @@ def _reproduce(p: argparse.ArgumentParser) -> None:
 
 @command("demo", "the whole method end to end on procedural scenes with the shipped tiny backbone")
 def _demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="demo folder (resumes if it exists)")
+    from .workflows.demo_settings import DEFAULT_PSEUDO_LABELS  # no torch: the parser stays fast
+
+    p.add_argument(
+        "--out", default="runs/demo", help="demo folder (resumes one made with the same settings)"
+    )
     p.add_argument(
         "--quick", action="store_true", help="smoke run (~1 min): tiny sizes, checks every stage, no verdict"
     )
@@ -735,6 +739,18 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_seed, help="seed of the procedural scenes (default 0)")
     p.add_argument(
         "--seeds", type=_seed, nargs="+", help="training seeds, one run of every stage each (default: 0 1)"
+    )
+    p.add_argument(
+        "--tasks",
+        help="tasks shown, comma-separated from normals, depth, segmentation; normals always (its head "
+        "creates the data) (default: all three; normals alone is the quicker normals-only demo)",
+    )
+    p.add_argument(
+        "--pseudo-labels",
+        choices=["research", "weighted", "filtered"],
+        help="synthetic labels of the self-improving stage: research (every pixel alike, the paper's), "
+        "weighted by the creation head's confidence, or filtered to its confident pixels (default: "
+        f"{DEFAULT_PSEUDO_LABELS})",
     )
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
 
@@ -748,6 +764,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
             "backbone": a.backbone,
             "seed": a.seed,
             "seeds": a.seeds,
+            "tasks": a.tasks,
+            "pseudo_labels": a.pseudo_labels,
             "progress": a.progress,
         }
         kw = {k: v for k, v in given.items() if v is not None}

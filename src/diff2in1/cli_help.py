@@ -111,7 +111,12 @@ EXAMPLES = {
         "diff2in1 reproduce --data nyu --backbone model.ckpt --out runs/repro",
         "diff2in1 reproduce --data nyu --backbone model.ckpt --out runs/repro --plan",
     ],
-    "demo": ["diff2in1 demo", "diff2in1 demo --quick --out runs/quick"],
+    "demo": [
+        "diff2in1 demo",
+        "diff2in1 demo --quick --out runs/quick",
+        "diff2in1 demo --tasks normals --out runs/demo_normals",
+        "diff2in1 demo --pseudo-labels weighted --out runs/demo_weighted",
+    ],
     "app": ["diff2in1 app", "diff2in1 app --pipeline diff2in1-nyu --host 0.0.0.0 --port 8080"],
 }
 TOP_EXAMPLES = ["diff2in1 predict photo.jpg --out preds/", "diff2in1 demo", "diff2in1 predict --help"]

@@ -161,6 +161,7 @@ def evaluate(
             if "depth" in tasks and it["has_depth"]:
                 size = tuple(it["depth"].shape[-2:])
                 log_d = resize_map(pred.log_depth[j : j + 1], size)[0, 0].cpu()
+                _refuse_non_finite(log_d, "depth")  # the depth metrics would let NaN pass unnoticed
                 depth = log_d.double().exp()
                 m = depth_acc.update(depth, it["depth"][0], key=it["index"])
                 if m is not None:
@@ -170,7 +171,9 @@ def evaluate(
                     task_pictures["depth"].append((it["image"], it["depth"][0], depth, unc))
             if "segmentation" in tasks and it["has_segmentation"]:
                 size = tuple(it["classes"].shape[-2:])
-                classes = resize_map(pred.logits[j : j + 1], size)[0].argmax(0).cpu()
+                logits = resize_map(pred.logits[j : j + 1], size)[0]
+                _refuse_non_finite(logits, "segmentation")  # argmax of NaN logits is still a class
+                classes = logits.argmax(0).cpu()
                 seg_acc.update(classes, it["classes"])
                 if len(task_pictures["segmentation"]) < grid_rows:
                     task_pictures["segmentation"].append((it["image"], it["classes"], classes))
@@ -240,6 +243,11 @@ def evaluate(
             save_text(out / "tables.md", tables_markdown(result, "head") + "\n")
             result.files["tables.md"] = str(out / "tables.md")
     return result
+
+
+def _refuse_non_finite(prediction: torch.Tensor, task: str) -> None:
+    if not bool(torch.isfinite(prediction).all()):
+        raise InputError(f"the {task} predictions are not finite (NaN): check the {task} head's weights")
 
 
 def tables_markdown(result: EvalResult, name: str) -> str:

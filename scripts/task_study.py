@@ -362,7 +362,8 @@ def report(results: list[dict], s: dict, prefix: Path) -> str:
     lines.append(f"Time per cell: median {statistics.median(secs):.0f} s on the 2-core CPU.")
     text = "\n".join(lines) + "\n"
     save_text(prefix.with_name(prefix.name + ".results.md"), text)
-    save_text(prefix.with_name(prefix.name + ".json"), json.dumps({"settings": s, "results": results}))
+    kept = [{k: v for k, v in r.items() if k != "losses"} for r in results]  # per-step losses: in the cells
+    save_text(prefix.with_name(prefix.name + ".json"), json.dumps({"settings": s, "results": kept}))
     _curves_figure(results, s, prefix.with_name(prefix.name + "_curves.png"))
     return text
 
@@ -380,7 +381,7 @@ def _curves_figure(results: list[dict], s: dict, path: Path) -> None:
 
     from diff2in1.viz import grid, line_plot, save_png
 
-    every, warm = s["eval_every"], s["warmup_steps"]
+    warm = s["warmup_steps"]
     rows_out = []
     for n in (n for n in s["sizes"] if any(r["n"] == n for r in results)):
         rows = [r for r in results if r["n"] == n]
@@ -391,8 +392,11 @@ def _curves_figure(results: list[dict], s: dict, path: Path) -> None:
             start = mean_curve(rows, "warmup", task, key)
             series = {"warmup": start, **{a: [start[-1], *mean_curve(rows, a, task, key)] for a in ARMS[1:]}}
             offsets = {arm: len(start) - 1 for arm in ARMS[1:]}
-            title = f"n = {n}: {task}, test {label} (every {every} steps)"
-            row.append(np.asarray(line_plot(series, title, (560, 330), offsets=offsets, xlabel="evaluation",
+            steps = sorted(set.intersection(*({int(k) for k in r["curves"]["warmup"]} for r in rows)))
+            steps += sorted(set.intersection(*({int(k) for k in r["curves"]["control"]} for r in rows)))
+            title = f"n = {n}: {task}, test {label}"
+            xlabel = "at steps " + " ".join(map(str, steps))  # the points are evenly spaced, the steps not
+            row.append(np.asarray(line_plot(series, title, (560, 330), offsets=offsets, xlabel=xlabel,
                                             ylabel=label)))  # fmt: skip
         losses = {}
         for arm in ("warmup", "control", "research"):

@@ -27,7 +27,7 @@ RECORD_DEFAULTS = {"tasks": "normals", "pseudo_labels": "research", "feature_cac
 class DemoConfig:
     """Sizes of the demo; `quick()` is the smoke-test version used by the tests (no verdict).
 
-    Defaults (`make demo`, about 7.5 minutes expected on an idle 2-core CPU, see the README): the
+    Defaults (`make demo`, 6 min 27 s on an idle 2-core CPU, see the README): the
     three tasks on 80 train / 40 test scenes at 128x128 (the same scenes for every seed), and for
     each of the 2 seeds a warm-up of 8 epochs (80 steps of batch 8), 80 synthetic samples with
     every task's label (1 per training image, t_start 600, 50 DDIM steps), a self-improving stage

@@ -283,17 +283,22 @@ def test_multitask_recreation_makes_every_modality(run, scenes_root, tiny_backbo
 
 
 
-def test_pipe_create_remakes_created_samples_with_every_modality_exactly(
+def test_pipe_create_remakes_created_samples_with_every_modality(
     run, created, scenes_root, tiny_backbone
 ):
     """`pipe.create` with the seeds of a create-data folder's first batch (its --batch-size 3), given
-    the source image files, remakes those samples' files bit for bit: image, normals, kappa, depth,
-    depth uncertainty, class map and class confidence."""
+    the source image files, remakes those samples' files: image and class map exactly, the float maps
+    (normals, kappa, depth, its uncertainty, class confidence) to float rounding: the CPU kernels round
+    differently with another thread count, and an earlier test's `--threads` sets it for the process."""
     from diff2in1.inference.pipeline import Diff2in1Pipeline
     from diff2in1.pseudo_labels import segmentation_confidence
 
     folders = [str(run / n) for n in ("head", "head_depth", "head_segmentation")]
     pipe = Diff2in1Pipeline.from_backbone(tiny_backbone, folders)
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        return np.allclose(a, b, rtol=1e-5, atol=1e-6)
+
     metas = [json.loads(p.read_text()) for p in sorted((created / "meta").glob("*.json"))[:3]]
     sources = [next((scenes_root / "train" / "img").glob(f"{m['source_id']}.*")) for m in metas]
     out = pipe.create(
@@ -306,10 +311,10 @@ def test_pipe_create_remakes_created_samples_with_every_modality_exactly(
         sid = m["id"]
         image = np.asarray(Image.open(d / "img" / f"{sid}.png"))
         assert np.array_equal(np.clip(np.rint(out.images[b].permute(1, 2, 0).numpy() * 255), 0, 255), image)
-        assert np.array_equal(out.normals[b].permute(1, 2, 0).numpy(), np.load(d / "norm_npy" / f"{sid}.npy"))
-        assert np.array_equal(out.kappa[b, 0].numpy(), np.load(d / "kappa" / f"{sid}.npy"))
-        assert np.array_equal(out.depth[b, 0].numpy(), read_depth(d / "depth" / f"{sid}.npy"))
-        assert np.array_equal(out.depth_uncertainty[b, 0].numpy(), np.load(d / "depth_unc" / f"{sid}.npy"))
+        assert close(out.normals[b].permute(1, 2, 0).numpy(), np.load(d / "norm_npy" / f"{sid}.npy"))
+        assert close(out.kappa[b, 0].numpy(), np.load(d / "kappa" / f"{sid}.npy"))
+        assert close(out.depth[b, 0].numpy(), read_depth(d / "depth" / f"{sid}.npy"))
+        assert close(out.depth_uncertainty[b, 0].numpy(), np.load(d / "depth_unc" / f"{sid}.npy"))
         assert np.array_equal(out.classes[b].numpy(), read_seg(d / "seg" / f"{sid}.png"))
         assert np.allclose(conf[b, 0].numpy(), np.load(d / "seg_conf" / f"{sid}.npy"), atol=1e-6)
 

@@ -105,10 +105,12 @@ TREE_FOLDERS = {
 }
 
 
-def claim_output_folder(out: str | os.PathLike, command: str) -> None:
+def claim_output_folder(out: str | os.PathLike, command: str, check_only: bool = False) -> None:
     """For a command of TREE_FOLDERS (demo, reproduce, make-scenes), before it writes: InputError
     (one line naming the folder) for an existing folder that is neither empty nor that command's
-    earlier output; else make the folder and mark it as the command's."""
+    earlier output; else make the folder and mark it as the command's (not with `check_only`: a
+    command that checks its inputs first claims the folder once they pass, writing nothing before)."""
     kind = TREE_FOLDERS[command]
     check_output_folder(out, command, kind.own, kind.signed)
-    mark_output_folder(out, command)
+    if not check_only:
+        mark_output_folder(out, command)

@@ -166,7 +166,8 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
         raise InputError("reproduce: missing --out")
     # Outputs never touch inputs: checked here, not after hours in the stage that would notice.
     refuse_overlap(cfg.out, data=cfg.data, backbone=cfg.backbone, caption_model=cfg.caption_model)
-    claim_output_folder(cfg.out, "reproduce")  # a user's folder is refused; an earlier run's continued
+    claim_output_folder(cfg.out, "reproduce", check_only=True)  # a user's folder is refused here
+    given_out = cfg.out  # a dry run works in <out>/dry_run; the folder claimed is <out>
     source = cfg.data
     cfg = complete(cfg)
     if dry_run:
@@ -187,6 +188,7 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
         h, w = cfg.resolution
         _say(main, f"dry run: {cfg.backbone}, {h}x{w}, a few steps per stage, into {root}")
         if main:
+            claim_output_folder(given_out, "reproduce")  # its first write: the dry run's data
             make_dry_run_data(source, root / "data", cfg.progress, tasks)
         state.wait_for_everyone()
         st = stage_configs(cfg)  # its data exist now (a NYUD-MT copy: creation reads <out>/source)
@@ -219,12 +221,14 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
             st.warmup.skip_bad_samples,
         )  # fmt: skip
         if is_nyudmt(cfg.data) and main:  # creation reads a captioned copy of the training images
+            claim_output_folder(given_out, "reproduce")
             make_caption_source(cfg.data, st.warmup.split, st.create.data)
         state.wait_for_everyone()
     ensure_captions(cfg, st.create.split, check_only=True, data=st.create.data)
     check_batches(n_train, st.warmup)
     check_batches(n_train * (1 + st.create.samples_per_image), st.self_improve)
     if main:
+        claim_output_folder(given_out, "reproduce")  # the inputs passed: mark the folder, then write
         record_config(cfg, dry_run)
     state.wait_for_everyone()
 

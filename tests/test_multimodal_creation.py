@@ -287,9 +287,10 @@ def test_pipe_create_remakes_created_samples_with_every_modality(
     run, created, scenes_root, tiny_backbone
 ):
     """`pipe.create` with the seeds of a create-data folder's first batch (its --batch-size 3), given
-    the source image files, remakes those samples' files: image and class map exactly, the float maps
-    (normals, kappa, depth, its uncertainty, class confidence) to float rounding: the CPU kernels round
-    differently with another thread count, and an earlier test's `--threads` sets it for the process."""
+    the source image files, remakes those samples' files: class map exactly, image to one 8-bit level,
+    the float maps (normals, kappa, depth, its uncertainty, class confidence) to float rounding: the
+    CPU kernels round differently with another thread count, and an earlier test's `--threads` sets it
+    for the process."""
     from diff2in1.inference.pipeline import Diff2in1Pipeline
     from diff2in1.pseudo_labels import segmentation_confidence
 
@@ -310,7 +311,8 @@ def test_pipe_create_remakes_created_samples_with_every_modality(
     for b, m in enumerate(metas):
         sid = m["id"]
         image = np.asarray(Image.open(d / "img" / f"{sid}.png"))
-        assert np.array_equal(np.clip(np.rint(out.images[b].permute(1, 2, 0).numpy() * 255), 0, 255), image)
+        made = np.clip(np.rint(out.images[b].permute(1, 2, 0).numpy() * 255), 0, 255)
+        assert np.abs(made - image).max() <= 1  # 8-bit: rounding may tip a value at .5 by one level
         assert close(out.normals[b].permute(1, 2, 0).numpy(), np.load(d / "norm_npy" / f"{sid}.npy"))
         assert close(out.kappa[b, 0].numpy(), np.load(d / "kappa" / f"{sid}.npy"))
         assert close(out.depth[b, 0].numpy(), read_depth(d / "depth" / f"{sid}.npy"))

@@ -72,15 +72,16 @@ METRICS = {
     "segmentation": (("miou", "mIoU", True), ("pixel_acc", "pixel accuracy", True)),
 }
 GROWABLE = ("extra_steps", "eval_every")  # settings a re-run may change (see main)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 def t_interval(values: list[float]) -> tuple[float, float]:
     """(mean, half-width of the 95 % t-interval over the values); nan half-width for one value."""
+    from diff2in1.intervals import t_quantile_975
+
     mean = statistics.fmean(values)
     if len(values) < 2:
         return mean, float("nan")
-    return mean, T975[min(len(values) - 1, len(T975)) - 1] * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -108,6 +108,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_fields(device: torch.device, amp: torch.dtype | None) -> dict:
+    """The device's name, the CPU's vector instructions (torch's dispatch level) and, where the run's
+    reduced precision is emulated by this CPU, why: its rates then say nothing of a CPU that has it."""
+    from diff2in1.devices import emulated_precision
+
+    return {
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "precision_emulated": emulated_precision(device, amp) if amp is not None else None,
+    }
+
+
 def loadavg() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -497,7 +509,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             "warmup": args.warmup,
             "smoke": args.smoke,
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            **machine_fields(device, amp),
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "loadavg_start": loadavg(),
@@ -803,7 +815,7 @@ def run_batched(args: argparse.Namespace, log: Callable[[str], None] = print) ->
             "repeat": args.repeat,
             "warmup": args.warmup,
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            **machine_fields(device, amp),
             "threads": torch.get_num_threads(),
             "cpu_count": os.cpu_count(),
             "loadavg_start": loadavg(),
@@ -877,8 +889,8 @@ def format_batched(report: dict) -> str:
     )
     lines = [
         f"diff2in1 bench --batched  {c['backbone']} / {c['head']} head, {c['resolution']}x{c['resolution']}, "
-        f"{c['dtype']}, {c['device']} ({c['device_name']}), threads {c['threads']}, "
-        f"repeat {c['repeat']} (+{c['warmup']} untimed)",
+        f"{c['dtype']}, {c['device']} ({c['device_name']}, {c.get('cpu_capability', '?')}), "
+        f"threads {c['threads']}, repeat {c['repeat']} (+{c['warmup']} untimed)",
         f"load average at start {c['loadavg_start']}, at end {c['loadavg_end']}; "
         f"wall {report['wall_seconds']:.0f} s",
         "",
@@ -966,7 +978,8 @@ def format_table(report: dict) -> str:
     lines = [
         f"diff2in1 bench  {c['backbone']} / {c['head']} head, {c['resolution']}x{c['resolution']}, batch "
         f"{c['batch']}, {c['dtype']}{' +compile' if c['compile'] else ''}, {c['device']} "
-        f"({c['device_name']}), threads {c['threads']}, repeat {c['repeat']} (+{c['warmup']} untimed)",
+        f"({c['device_name']}, {c.get('cpu_capability', '?')}), threads {c['threads']}, "
+        f"repeat {c['repeat']} (+{c['warmup']} untimed)",
         f"load average at start {c['loadavg_start']}, at end {c['loadavg_end']}; "
         f"wall {report['wall_seconds']:.0f} s",
         "",
@@ -998,7 +1011,8 @@ def format_table(report: dict) -> str:
         "",
         f"UNet pass: {f['per_call']['unet_forward'] / 1e9:.1f} GFLOP (batch {c['batch']}), "
         f"{f['unet_pass_seconds']:.3f} s -> {f['unet_flops_per_s'] / 1e9:.1f} GFLOP/s = "
-        f"{f['unet_fraction_of_matmul_peak']:.2f} of the measured {f['peak_dtype']} matmul rate",
+        f"{f['unet_fraction_of_matmul_peak']:.2f} of the measured {f['peak_dtype']} matmul rate"
+        + (" (emulated on this CPU: not a figure of a CPU with bf16)" if c.get("precision_emulated") else ""),
         "matmul (2048x2048 torch.mm): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in pk.items()),
         "other forward FLOPs per call: "
         + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in f["per_call"].items() if k != "unet_forward"),

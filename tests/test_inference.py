@@ -191,3 +191,26 @@ def test_bf16_prediction_stores_the_backbone_in_bf16_and_stays_close(predictor, 
     assert torch.allclose(out.normal.norm(dim=1), torch.ones(2, 64, 64), atol=1e-5)
     err = angular_error_deg(out.normal, ref.normal)
     assert 0 < err.mean() < 5, err.mean()
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_emulated_bf16_on_cpu_warns_once_in_one_line(
+    native, tiny_folder, small_head_dir, tmp_path, capsys, monkeypatch
+):
+    """A CPU without bf16 instructions runs bf16 emulated, far slower than fp32: predict says so once,
+    on one line, and names the way out; a CPU with them (or fp32) says nothing."""
+    from diff2in1.devices import emulated_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert emulated_precision("cpu", torch.float32) is None
+    assert emulated_precision("cuda", torch.bfloat16) is None  # only the CPU's instructions are asked
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "a.png")
+    argv = ["predict", str(tmp_path / "a.png"), "--backbone", str(tiny_folder), "--head", str(small_head_dir)]
+    argv += ["--resolution", "64", "--no-progress", "--mixed-precision", "bf16", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    if native:
+        assert emulated_precision("cpu", torch.bfloat16) is None and warned == []
+    else:
+        assert len(warned) == 1 and warned[0].startswith("diff2in1: warning: this CPU (")
+        assert "bf16 is emulated" in warned[0] and "--mixed-precision no" in warned[0]

@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .devices import warn_if_emulated
 from .errors import InputError
 from .memory_alignment import realign_
 from .taps import FeatureTaps, TapFeatures
@@ -478,5 +479,6 @@ def load_backbone(
         raise InputError(f"{src}: not a diffusers folder or a .ckpt/.safetensors checkpoint")
     bb = Backbone(vae, unet, text, tokenizer, sched, source=src)
     if str(device) != "meta":
+        warn_if_emulated(device, dtype)
         bb = realign_(bb.to(device=device, dtype=dtype))  # after the cast: a cast already copies
     return bb

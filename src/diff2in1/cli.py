@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable
 
 from .errors import InputError, one_line
@@ -834,6 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as `diff2in1: warning: ...` on one line (Python's form adds a file, line and source)."""
+    text = str(message).strip().splitlines()
+    print(f"diff2in1: warning: {text[0] if text else category.__name__}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -844,7 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     from .termination import Terminated, sigterm_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning  # restored on leaving: main() may run in-process
             check_command_line(args)  # the command line's own mistakes: before torch and the models load
             if getattr(args, "device", None) is not None:  # before any model loads
                 from .devices import check_device

@@ -3,11 +3,13 @@
 Accepted: `auto` (the best device here), `cpu`, `cuda`, `cuda:N`, and `mps` where this torch build
 has it. A device this machine does not have is a one-line error that names the ones it has,
 checked before any model loads (torch itself would fail deep inside a model load, or not at all).
+Also the one warning about a precision this machine can only emulate (`warn_if_emulated`).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING
 
 from .errors import InputError
@@ -70,3 +72,36 @@ def resolve_device(name: str | None, flag: str = "--device") -> torch.device:
 
         return torch.device(best_device())
     return torch.device(text)
+
+
+def emulated_precision(device: str | torch.device, dtype: torch.dtype) -> str | None:
+    """Why `dtype` runs emulated (far slower than float32) on `device`, or None.
+
+    A CPU without bf16 (AVX512-BF16 / AMX) or fp16 instructions computes those types by converting
+    to float32 and back: on a 2-core AVX2 EPYC a bf16 2048x2048 matmul ran at 0.3 GFLOP/s against
+    89 in float32, and a bf16 SD v1.5 UNet pass took minutes instead of seconds.
+    """
+    import torch
+
+    if torch.device(device).type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    native = (
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if dtype == torch.bfloat16
+        else torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    )
+    if native:
+        return None
+    name = "bf16" if dtype == torch.bfloat16 else "fp16"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (
+        f"this CPU ({capability}) has no {name} instructions, so {name} is emulated and many times "
+        "slower than float32: use --mixed-precision no here"
+    )
+
+
+def warn_if_emulated(device: str | torch.device, dtype: torch.dtype) -> None:
+    """Warn (once per call site) when `dtype` would be emulated on `device`; see `emulated_precision`."""
+    why = emulated_precision(device, dtype)
+    if why is not None:
+        warnings.warn(why, stacklevel=3)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import warn_if_emulated
 from ..errors import InputError
 from .head_set import TASK_COMPONENTS
 from .pipeline import Diff2in1Pipeline
@@ -26,8 +27,10 @@ def load_pipeline(
     if pipeline is not None:
         if backbone is not None or head is not None:
             raise InputError("give either a pipeline folder or --backbone and --head, not both")
-        if resolve_pretrained(pipeline, local_files_only=True).kind == "shipped":
-            return Diff2in1Pipeline.from_pretrained(pipeline, dtype=dtype).to(device)
+        source = resolve_pretrained(pipeline, local_files_only=True)
+        if source.kind == "shipped":  # built on `device`: its backbone load sees where it will run
+            return Diff2in1Pipeline.from_backbone(source.backbone, source.head, device=device, dtype=dtype)
+        warn_if_emulated(device, dtype)  # (a shipped pipeline and a backbone source warn as they load)
         index = read_model_index(pipeline)
         missing = [c for c in ("vae", "unet", "text_encoder", "tokenizer", "scheduler") if c not in index]
         if not any(index.get(c) and index[c][0] for c in TASK_COMPONENTS.values()):

@@ -63,8 +63,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # `bench_baseline` is a sibling module, imported by name
+if _HERE not in sys.path:  # `bench_baseline`, `bench_batched`, `speed_knobs`: siblings, imported by name
     sys.path.insert(0, _HERE)
+
+import speed_knobs  # noqa: E402
 
 STAGES = (
     "taps",
@@ -407,16 +409,27 @@ class Measurement:
     delta_mb: float
     memory_method: str
     passes: dict[str, list[float]]
+    warmup_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 def measure(
-    fn: Callable[[int], object], repeat: int, warmup: int, device: torch.device, timer: ModuleTimer
+    fn: Callable[[int], object],
+    repeat: int,
+    warmup: int,
+    device: torch.device,
+    timer: ModuleTimer | None,
 ) -> Measurement:
-    """`warmup` untimed calls, then `repeat` timed calls (the argument is the call number)."""
+    """`warmup` untimed calls (their times kept: the first holds any compilation), then `repeat` timed
+    calls (the argument is the call number). Without a `timer` no module is synchronised per call."""
+    warm = []
     for i in range(warmup):
+        sync(device)
+        t0 = time.perf_counter()
         fn(-1 - i)
-    sync(device)
-    timer.reset()
+        sync(device)
+        warm.append(time.perf_counter() - t0)
+    if timer is not None:
+        timer.reset()
     seconds = []
     with PeakMemory(device) as mem:
         for i in range(repeat):
@@ -425,7 +438,8 @@ def measure(
             fn(i)
             sync(device)
             seconds.append(time.perf_counter() - t0)
-    return Measurement(seconds, mem.peak_mb, mem.delta_mb, mem.method, timer.snapshot())
+    passes = timer.snapshot() if timer is not None else {}
+    return Measurement(seconds, mem.peak_mb, mem.delta_mb, mem.method, passes, warm)
 
 
 def stage_record(m: Measurement, batch: int, per_call_s: float | None = None, note: str = "") -> dict:
@@ -545,8 +559,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         ddim_inference_steps(n_train, CreateConfig().t_start, args.steps)
     except InputError as e:
         raise SystemExit(f"bench: --steps: {e}") from None
-    if args.compile:
-        backbone.unet.compile()
+    report["config"]["speed"] = speed_knobs.apply(args, backbone, device)
     flops = model_flops(backbone, head, bsz, res)
     preset = "small" if args.smoke else "reference"
     flops["dense_heads_eval"] = dense_heads_flops(backbone, preset, bsz, res)
@@ -783,136 +796,6 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     return report
 
 
-def run_batched(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
-    """Images/s of the pipeline's batched perception and samples/s of its batched creation at each
-    batch size of `args.batched` (one call = B images; `args.repeat` timed calls, median)."""
-    from diff2in1 import Diff2in1Pipeline
-    from diff2in1.backbone import load_backbone
-    from diff2in1.heads import HeadConfig, NormalHead
-
-    wall0 = time.perf_counter()
-    device = resolve_device(args.device)
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
-    amp = torch.bfloat16 if args.dtype == "bf16" else None
-    res = args.resolution
-    backbone = load_backbone(args.backbone, device=device, seed=0, dtype=amp or torch.float32)
-    torch.manual_seed(0)
-    in_ch = tuple(backbone.tap_channels[g] for g in ("low", "mid", "high", "highest"))
-    small = args.smoke or args.head == "small"
-    cfg = HeadConfig.small(in_ch) if small else dataclasses.replace(HeadConfig.reference(), in_channels=in_ch)
-    pipe = Diff2in1Pipeline.from_backbone(backbone, NormalHead.from_head_config(cfg).to(device))
-    timer = ModuleTimer({"unet": backbone.unet}, device)
-    images = make_batch(max(args.batched), res, device)["image"]
-    report: dict = {
-        "config": {
-            "backbone": args.backbone,
-            "head": "small" if small else "reference",
-            "resolution": res,
-            "dtype": args.dtype,
-            "steps_measured": args.steps,
-            "steps_full": args.full_steps,
-            "repeat": args.repeat,
-            "warmup": args.warmup,
-            "device": str(device),
-            **machine_fields(device, amp),
-            "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "loadavg_start": loadavg(),
-            "torch": torch.__version__,
-        },
-        "batched": {},
-    }
-    log(
-        f"bench --batched: {args.backbone}, {res}x{res}, {args.dtype}, {device} "
-        f"({report['config']['device_name']}), threads {torch.get_num_threads()}, "
-        f"load average at start {report['config']['loadavg_start']}"
-    )
-    for b in args.batched:
-        x = images[:b]
-        seeds = list(range(b))
-        row: dict = {}
-        try:
-            m = measure(
-                lambda i, x=x: pipe(
-                    x, processing_resolution=res, batch_size=len(x), output_type="pt", show_progress_bar=False
-                ),
-                args.repeat,
-                args.warmup,
-                device,
-                timer,
-            )
-            row["perception"] = stage_record(m, b)
-            m = measure(
-                lambda i, x=x, seeds=seeds: pipe.create(
-                    x,
-                    steps=args.steps,
-                    seed=seeds,
-                    processing_resolution=res,
-                    batch_size=len(x),
-                    output_type="pt",
-                    show_progress_bar=False,
-                ),
-                args.repeat,
-                args.warmup,
-                device,
-                timer,
-            )
-        except torch.cuda.OutOfMemoryError:
-            log(f"  batch {b}: out of GPU memory; larger batches skipped")
-            report["batched"][str(b)] = {"fits": False}
-            torch.cuda.empty_cache()
-            break
-        unet_pass = statistics.median(m.passes["unet"])
-        measured = statistics.median(m.seconds)
-        full = extrapolate(measured, unet_pass, args.steps, args.full_steps)
-        row["creation"] = stage_record(m, b, per_call_s=full)
-        report["memory_method"] = m.memory_method
-        row["creation"].update(measured_sec_per_call=measured, unet_pass_s=unet_pass)
-        row["fits"] = True
-        report["batched"][str(b)] = row
-        log(
-            f"  batch {b}: perception {row['perception']['images_per_s']:.2f} images/s, "
-            f"creation {row['creation']['images_per_s']:.4f} samples/s"
-        )
-    timer.remove()
-    report["config"]["loadavg_end"] = loadavg()
-    report.setdefault("memory_method", "")
-    report["wall_seconds"] = time.perf_counter() - wall0
-    return report
-
-
-def format_batched(report: dict) -> str:
-    c = report["config"]
-    full = f"{c['steps_full']} steps" + (
-        f", extrapolated from {c['steps_measured']} measured" if c["steps_measured"] < c["steps_full"] else ""
-    )
-    lines = [
-        f"diff2in1 bench --batched  {c['backbone']} / {c['head']} head, {c['resolution']}x{c['resolution']}, "
-        f"{c['dtype']}, {c['device']} ({c['device_name']}, {c.get('cpu_capability', '?')}), "
-        f"threads {c['threads']}, repeat {c['repeat']} (+{c['warmup']} untimed)",
-        f"load average at start {c['loadavg_start']}, at end {c['loadavg_end']}; "
-        f"wall {report['wall_seconds']:.0f} s",
-        "",
-        f"{'batch':>5} {'perception img/s':>17} {'s/image':>8} {'peak MB':>8} "
-        f"{'creation samples/s':>19} {'s/sample':>9} {'peak MB':>8}",
-    ]
-    for b, r in report["batched"].items():
-        if not r["fits"]:
-            lines.append(f"{b:>5} does not fit in memory")
-            continue
-        p, cr = r["perception"], r["creation"]
-        lines.append(
-            f"{b:>5} {p['images_per_s']:>17.2f} {_fmt_s(p['sec_per_image']):>8} {p['peak_mb']:>8.0f} "
-            f"{cr['images_per_s']:>19.4f} {_fmt_s(cr['sec_per_image']):>9} {cr['peak_mb']:>8.0f}"
-        )
-    lines += [
-        f"perception: pipe(images, batch_size=B); creation: pipe.create(images, batch_size=B), {full}",
-        f"memory: {report['memory_method']}, absolute peak per row",
-    ]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ equivalence (smoke / --check)
 def _max_rel(a: Tensor, b: Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12))
@@ -977,7 +860,7 @@ def format_table(report: dict) -> str:
     st, base, sp = report["stages"], report.get("baseline", {}), report.get("speedup", {})
     lines = [
         f"diff2in1 bench  {c['backbone']} / {c['head']} head, {c['resolution']}x{c['resolution']}, batch "
-        f"{c['batch']}, {c['dtype']}{' +compile' if c['compile'] else ''}, {c['device']} "
+        f"{c['batch']}, {c['dtype']}, {speed_knobs.describe(c.get('speed', {}))}, {c['device']} "
         f"({c['device_name']}, {c.get('cpu_capability', '?')}), threads {c['threads']}, "
         f"repeat {c['repeat']} (+{c['warmup']} untimed)",
         f"load average at start {c['loadavg_start']}, at end {c['loadavg_end']}; "
@@ -1045,7 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps measured for the created sample")
     p.add_argument("--full-steps", type=int, default=50, help="steps the created sample is reported for")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16 = autocast")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (use --warmup >= 1)")
+    speed_knobs.add_arguments(p)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch's default)")
     p.add_argument("--repeat", type=int, help="timed calls per stage, median reported (default 3; smoke 1)")
     p.add_argument(
@@ -1102,6 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.batched:
+        from bench_batched import format_batched, run_batched
+
         report = run_batched(args, log=log)
         print(format_batched(report))
     else:

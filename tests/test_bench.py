@@ -175,10 +175,43 @@ def test_batched_table_reports_each_batch_size(tmp_path, capsys):
         for kind in ("perception", "creation"):
             assert row[kind]["images_per_s"] == pytest.approx(int(b) / row[kind]["sec_per_call"])
             assert row[kind]["peak_mb"] > 0
-        # 3 measured DDIM steps, reported for 50: the extrapolation adds 47 UNet passes
-        assert row["creation"]["sec_per_call"] > row["creation"]["measured_sec_per_call"]
-        assert row["creation"]["module_calls_per_call"]["unet"] == 3
+        # 3 measured DDIM steps, reported for 50: the extrapolation adds 47 UNet passes of this batch size
+        unet, cr = row["unet"], row["creation"]
+        assert cr["sec_per_call"] == pytest.approx(cr["measured_sec_per_call"] + 47 * unet["pass_s"])
+        rate = int(b) * report["unet_gflop_per_image"] * 1e9 / unet["pass_s"]
+        assert unet["flops_per_s"] == pytest.approx(rate)
+        assert unet["fraction_of_matmul"] == pytest.approx(rate / report["matmul"]["flops_per_s"])
+        assert 0 < unet["fraction_of_matmul"] < 1.5
+    assert report["config"]["speed"]["attention"] == ["AttnProcessor2_0"]  # diffusers' SDPA attention
     table = capsys.readouterr().out
     assert "creation samples/s" in table and "extrapolated from 3 measured" in table
+    assert "of matmul" in table and "attention SDPA" in table
     with pytest.raises(SystemExit):
         bench.main(["--batched", "0,8"])
+
+
+def test_speed_knobs_change_layout_not_results(tiny_backbone):
+    """--channels-last (and --tf32, a no-op off CUDA) give the same prediction as the plain path,
+    to fp32 rounding; the report records what was applied."""
+    import copy
+    import types
+
+    import speed_knobs
+    from diff2in1 import Diff2in1Pipeline
+    from diff2in1.backbone import load_backbone
+
+    plain, nhwc = tiny_backbone, load_backbone("tiny", seed=0)  # (a deep copy would share the tap hooks)
+    args = types.SimpleNamespace(compile=False, compile_mode="default", channels_last=True, tf32=True)
+    applied = speed_knobs.apply(args, nhwc, torch.device("cpu"))
+    assert applied["channels_last"] and not applied["tf32"] and not applied["compile"]  # TF32 is CUDA only
+    conv = nhwc.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    head = small_head(plain)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    outs = []
+    for bb in (plain, nhwc):
+        pipe = Diff2in1Pipeline.from_backbone(bb, copy.deepcopy(head))
+        outs.append(pipe(x, processing_resolution=64, output_type="pt", show_progress_bar=False))
+    assert torch.allclose(outs[0].normals, outs[1].normals, atol=1e-4)
+    assert torch.allclose(outs[0].kappa, outs[1].kappa, rtol=1e-3, atol=1e-3)
+    assert "channels-last" in speed_knobs.describe(applied)

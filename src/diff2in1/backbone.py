@@ -326,16 +326,20 @@ class Backbone(nn.Module):
         if guidance != 1.0:
             uncond = self.empty_embedding(b) if uncond is None else uncond
         feats = None
+        # The UNet reads its timesteps from one device tensor made here: a Python int would be copied
+        # to a GPU every step, and that copy waits for the GPU (a host synchronisation per step).
+        t_device = torch.tensor(times, device=self.device)
         for k, t in enumerate(tqdm(times, desc="DDIM", leave=False, disable=not progress)):
             last = k == len(times) - 1
             want = return_features and last
             if guidance != 1.0:
-                eps2, f2 = self.unet_forward(torch.cat([x, x]), t, torch.cat([uncond, cond]), features=want)
+                x2, c2 = torch.cat([x, x]), torch.cat([uncond, cond])
+                eps2, f2 = self.unet_forward(x2, t_device[k], c2, features=want)
                 eps_u, eps_c = eps2.chunk(2)
                 eps = eps_u + guidance * (eps_c - eps_u)
                 feats = f2.index(slice(b, 2 * b)) if f2 is not None else None
             else:
-                eps, f = self.unet_forward(x, t, cond, features=want)
+                eps, f = self.unet_forward(x, t_device[k], cond, features=want)
                 feats = f if want else feats
             x = sched.step(eps.float(), t, x.float(), eta=0.0).prev_sample.to(self.dtype)
             if callback is not None:

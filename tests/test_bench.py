@@ -215,3 +215,17 @@ def test_speed_knobs_change_layout_not_results(tiny_backbone):
     assert torch.allclose(outs[0].normals, outs[1].normals, atol=1e-4)
     assert torch.allclose(outs[0].kappa, outs[1].kappa, rtol=1e-3, atol=1e-3)
     assert "channels-last" in speed_knobs.describe(applied)
+
+
+def test_gpu_checks_compare_the_tuned_path_with_the_plain_one(tmp_path, capsys):
+    """benchmarks/gpu_checks.py (run on a GPU by gpu_run.sh) works on the CPU: channels-last perception
+    and creation equal the plain path's to fp32 rounding; the DDIM sync count needs CUDA."""
+    import gpu_checks
+
+    out = tmp_path / "checks.json"
+    argv = ["--backbone", "tiny", "--resolution", "64", "--batch", "2", "--steps", "3", "--dtype", "fp32"]
+    assert gpu_checks.main([*argv, "--device", "cpu", "--channels-last", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["applied"]["channels_last"] and "ddim_syncs" not in report
+    assert report["normals_mean_angle_deg"] < 0.05 and report["kappa_max_rel"] < 1e-3
+    assert report["created_max_abs"] < 1e-4

@@ -175,3 +175,21 @@ def test_plan_scales_the_multitask_stages_by_the_measured_ratio(tasks, capsys):
     assert "took 24.7 s against 21.8 s with the normal head alone" in text
     assert f"Scaled by {ratio:.3f}x" in text and "The H100 columns use this CPU ratio" in text
     assert "with the normal head alone. At batch 8" in text
+
+
+def test_the_dry_run_copies_the_configured_evaluation_split(tmp_path):
+    """A NYUD-MT folder with train, val and test lists: the dry run's copy holds the split the run
+    evaluates (`evaluate.split`), not always `test`; without test.txt, `test` means val."""
+    from diff2in1.workflows.reproduce.run import make_dry_run_data
+
+    data = _nyudmt(tmp_path / "nyudmt", ("a1", "a2", "a3", "a4", "a5"), ("b1", "b2", "b3"), h=6, w=8)
+    make_dry_run_data(str(data), tmp_path / "no_test", False, ("depth",), test_split="test")
+    assert (tmp_path / "no_test" / "gt_sets" / "val.txt").read_text().split() == ["b1", "b2"]
+    (data / "gt_sets" / "test.txt").write_text("a5\nb3\n")
+    for split, ids in (("val", ["b1", "b2"]), ("test", ["a5", "b3"])):
+        out = tmp_path / split
+        make_dry_run_data(str(data), out, False, ("depth",), test_split=split)
+        lists = sorted(p.name for p in (out / "gt_sets").iterdir())
+        assert lists == sorted({"train.txt", f"{split}.txt"}), lists
+        assert (out / "gt_sets" / f"{split}.txt").read_text().split() == ids
+        assert sorted(p.stem for p in (out / "depth").iterdir()) == sorted(["a1", "a2", "a3", "a4", *ids])

@@ -113,12 +113,17 @@ def make_caption_source(data: str | Path, split: str, out: str | Path) -> Path:
 
 
 def copy_nyudmt_samples(
-    source: str | Path, root: str | Path, train: dict[str, int], n_test: int, tasks: tuple[str, ...]
+    source: str | Path,
+    root: str | Path,
+    train: dict[str, int],
+    n_test: int,
+    tasks: tuple[str, ...],
+    test_split: str = "test",
 ) -> None:
     """The dry run's NYUD-MT folder: the first samples of each split list of `source` (`train`:
-    split -> count; the evaluation split: `n_test`), with the label files of `tasks`."""
+    split -> count; the evaluation split `test_split`: `n_test`), with the label files of `tasks`."""
     src, dst = Path(source), Path(root)
-    test = eval_split(src, "test")
+    test = eval_split(src, test_split)
     for split, n in {**train, test: n_test}.items():
         path = src / "gt_sets" / f"{split}.txt"
         ids = nyudmt_ids(src, split)

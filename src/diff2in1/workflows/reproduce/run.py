@@ -46,17 +46,25 @@ from .recipe import (
 from .report import report_text
 
 
-def make_dry_run_data(source: str, root: Path, progress: bool, tasks: tuple[str, ...] = ("normals",)) -> None:
-    """The dry run's data: the first few samples of `source` (copied, with the label files of
-    `tasks`; a NYUD-MT folder stays one), or procedural scenes."""
+def make_dry_run_data(
+    source: str,
+    root: Path,
+    progress: bool,
+    tasks: tuple[str, ...] = ("normals",),
+    test_split: str = "test",
+) -> None:
+    """The dry run's data: the first few samples of `source`'s training split and of `test_split`
+    (the run's evaluation split; copied with the label files of `tasks`, a NYUD-MT folder stays
+    one), or procedural scenes (their evaluation split is `test`)."""
+    n_train, n_test = DRY_RUN_IMAGES["train"], DRY_RUN_IMAGES["test"]
     if source and is_nyudmt(source):
-        copy_nyudmt_samples(source, root, {"train": DRY_RUN_IMAGES["train"]}, DRY_RUN_IMAGES["test"], tasks)
+        copy_nyudmt_samples(source, root, {"train": n_train}, n_test, tasks, test_split)
         return
     if source:
         from ...data.labels import CLASSES_FILE
         from ...data.layout import label_paths
 
-        for split, n in DRY_RUN_IMAGES.items():
+        for split, n in {"train": n_train, test_split: n_test}.items():
             ids = list_ids(source, split)
             if len(ids) < n:
                 raise InputError(f"reproduce --dry-run: {source}/{split} has {len(ids)} image(s), needs {n}")
@@ -187,11 +195,13 @@ def run_reproduce(cfg: ReproduceConfig, dry_run: bool = False) -> ReproduceResul
     if dry_run:
         h, w = cfg.resolution
         _say(main, f"dry run: {cfg.backbone}, {h}x{w}, a few steps per stage, into {root}")
+        test_split = eval_split(source, st.evaluate.split) if source else "test"
         if main:
             claim_output_folder(given_out, "reproduce")  # its first write: the dry run's data
-            make_dry_run_data(source, root / "data", cfg.progress, tasks)
+            make_dry_run_data(source, root / "data", cfg.progress, tasks, test_split)
         state.wait_for_everyone()
         st = stage_configs(cfg)  # its data exist now (a NYUD-MT copy: creation reads <out>/source)
+        st.evaluate = dataclasses.replace(st.evaluate, split=test_split)
     st.evaluate = dataclasses.replace(st.evaluate, split=eval_split(cfg.data, st.evaluate.split))
     record_config(cfg, dry_run, write=False)  # a folder of other settings (other --tasks) is refused first
 

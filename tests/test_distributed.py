@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from diff2in1.cli import main
 from diff2in1.data import read_sample, write_sample
 from diff2in1.heads import HeadConfig, NormalHead
+from test_captioning import blip_dir  # noqa: F401  (fixture)
 
 
 def torchrun(*args: str) -> None:
@@ -200,3 +201,26 @@ def test_two_process_creation_and_evaluation_equal_one(valid_data, dense_head, t
     assert m1["pixels"] == m2["pixels"] == 4 * 64 * 64
     for k in ("mean", "median", "rmse", "a11", "a22", "a30"):
         assert m2[k] == pytest.approx(m1[k], rel=1e-4, abs=1e-4)
+
+
+def test_two_process_multitask_reproduce_dry_run(tmp_path, blip_dir):  # noqa: F811
+    """`reproduce --tasks` under torchrun (2 CPU processes): every stage runs once, the NYUD-MT input
+    is only read, and one report holds every task's finite metrics for every head."""
+    import math
+
+    from test_multitask_data import _nyudmt
+
+    data = _nyudmt(tmp_path / "nyudmt", ("a1", "a2", "a3", "a4", "a5"), ("b1", "b2", "b3"), h=24, w=32)
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    out = tmp_path / "out"
+    args = ["reproduce", "--dry-run", "--data", str(data), "--out", str(out), "--no-progress"]
+    torchrun(*args, "--tasks", "normals,depth,segmentation", "--caption-model", str(blip_dir))
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
+    root = out / "dry_run"
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert set(metrics) == {"warmup", "exploitation", "creation"}
+    for m in metrics.values():
+        values = [m["mean"], m["depth"]["abs_rel"], m["segmentation"]["miou"]]
+        assert all(math.isfinite(v) for v in values), m
+    assert len(list((root / "synthetic" / "train" / "img").glob("*.png"))) == 4  # each sample made once
+    assert "## Segmentation on `val` (2 images)" in (root / "report.md").read_text()

@@ -214,3 +214,9 @@ def test_emulated_bf16_on_cpu_warns_once_in_one_line(
     else:
         assert len(warned) == 1 and warned[0].startswith("diff2in1: warning: this CPU (")
         assert "bf16 is emulated" in warned[0] and "--mixed-precision no" in warned[0]
+
+    def unknown():
+        raise RuntimeError("no such op in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", unknown)
+    assert emulated_precision("cpu", torch.bfloat16) is None  # a build that cannot tell says nothing

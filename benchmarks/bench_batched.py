@@ -3,7 +3,7 @@
 At each batch size B: perception images/s (`pipe(images, batch_size=B)`), creation samples/s
 (`pipe.create(images, batch_size=B)`; with `--steps` below `--full-steps` the full length is
 extrapolated with the UNet pass measured at that batch size), and the UNet pass alone (B latents,
-back-to-back passes, one synchronisation at each end) as FLOP/s and as a fraction of the dense
+each pass timed between two synchronisations) as FLOP/s and as a fraction of the dense
 matmul rate of the run's dtype measured in the same process. Each row also keeps its peak memory
 and its first call's time: with `--compile` that call holds the compilation for this shape, so
 first minus steady is the compile time. A size that does not fit in GPU memory is reported as
@@ -34,7 +34,6 @@ from bench import (
     measure,
     resolve_device,
     stage_record,
-    sync,
 )
 
 
@@ -54,28 +53,19 @@ def unet_flops_per_image(backbone, resolution: int) -> int:
 
 def unet_passes(backbone, batch: int, resolution: int, repeat: int, warmup: int) -> dict:
     """Median seconds of one UNet pass over `batch` latents, as the DDIM loop runs it (t = 600,
-    the empty caption); `repeat` passes timed back to back, synchronised only at each end."""
+    the empty caption); each of `repeat` passes synchronised only at its start and end."""
     device = backbone.device
     g = torch.Generator().manual_seed(0)
     z = torch.randn(batch, backbone.unet.config.in_channels, resolution // 8, resolution // 8, generator=g)
     z = z.to(device, backbone.dtype)
     cond = backbone.empty_embedding(batch)
     t = torch.full((batch,), 600, device=device, dtype=torch.long)
-    first = []
-    for _ in range(warmup):
-        sync(device)
-        t0 = time.perf_counter()
-        backbone.unet_forward(z, t, cond)
-        sync(device)
-        first.append(time.perf_counter() - t0)
-    seconds = []
-    for _ in range(repeat):
-        sync(device)
-        t0 = time.perf_counter()
-        backbone.unet_forward(z, t, cond)
-        sync(device)
-        seconds.append(time.perf_counter() - t0)
-    return {"seconds": [round(s, 5) for s in seconds], "pass_s": statistics.median(seconds), "first_s": first}
+    m = measure(lambda i: backbone.unet_forward(z, t, cond), repeat, warmup, device, None)
+    return {
+        "seconds": [round(s, 5) for s in m.seconds],
+        "pass_s": statistics.median(m.seconds),
+        "first_s": m.warmup_seconds,
+    }
 
 
 def _first_call(m, steady: float) -> dict:
@@ -239,7 +229,7 @@ def format_batched(report: dict) -> str:
     lines += [
         f"perception: pipe(images, batch_size=B); creation: pipe.create(images, batch_size=B), {full}",
         f"UNet: {report['unet_gflop_per_image']:.1f} GFLOP per image per pass, B latents, median of "
-        f"back-to-back passes; matmul ({mm['how']}): {mm['dtype']} {_rate(mm['flops_per_s'])}FLOP/s",
+        f"separately timed passes; matmul ({mm['how']}): {mm['dtype']} {_rate(mm['flops_per_s'])}FLOP/s",
         "1st call s: the first (untimed) perception / creation call; with --compile it holds the compile",
         f"memory: {report['memory_method']}, absolute peak per row",
     ]

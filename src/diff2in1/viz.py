@@ -19,16 +19,18 @@ _RAMP = np.array(
 
 
 def colormap(values: np.ndarray, vmax: float, vmin: float = 0.0) -> np.ndarray:
-    """Scalars (H, W) -> uint8 RGB (H, W, 3) on the ramp, clipped to [vmin, vmax]."""
+    """Scalars (H, W) -> uint8 RGB (H, W, 3) on the ramp, clipped to [vmin, vmax]; NaN as vmin."""
     x = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1) * (len(_RAMP) - 1)
+    x = np.nan_to_num(x, nan=0.0)  # a NaN prediction is refused later in one line, not by a cast warning
     lo = np.floor(x).astype(int).clip(0, len(_RAMP) - 2)
     w = (x - lo)[..., None]
     return ((_RAMP[lo] * (1 - w) + _RAMP[lo + 1] * w) * 255).round().astype(np.uint8)
 
 
 def normal_to_rgb(normal: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Unit normals (H, W, 3) -> the usual colour coding (n + 1) / 2, invalid pixels black."""
-    rgb = ((np.asarray(normal, np.float32) + 1) * 127.5).clip(0, 255).round().astype(np.uint8)
+    """Unit normals (H, W, 3) -> the usual colour coding (n + 1) / 2, invalid (or NaN) pixels black."""
+    rgb = np.nan_to_num((np.asarray(normal, np.float32) + 1) * 127.5, nan=0.0)
+    rgb = rgb.clip(0, 255).round().astype(np.uint8)
     if mask is not None:
         rgb[~np.asarray(mask, bool)] = 0
     return rgb

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,7 +32,11 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 def image_errors(name: str | os.PathLike, what: str = "cannot decode image") -> Iterator[None]:
     """Turn every way PIL fails on a file into one InputError line naming `name`."""
     try:
-        yield
+        with warnings.catch_warnings():
+            # Our own pixel limit (limits.py, below PIL's warning level) refuses such a file in one
+            # line; PIL's warning would print a second one before it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
     except InputError:  # already one line naming the file (an InputError is a ValueError)
         raise
     except FileNotFoundError:

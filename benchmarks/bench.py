@@ -305,22 +305,32 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(fc.get_total_flops())
 
 
+def unet_forward_flops(unet_config, batch: int, resolution: int) -> int:
+    """Forward FLOPs of one UNet pass over `batch` latents, counted on a meta-device copy (free)."""
+    from diffusers import UNet2DConditionModel
+
+    lat = resolution // 8
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        z = torch.randn(batch, unet.config.in_channels, lat, lat)
+        cond = torch.randn(batch, 77, unet.config.cross_attention_dim)
+        t = torch.zeros(batch, dtype=torch.long)
+    with torch.no_grad():
+        return count_flops(lambda: unet(z, t, encoder_hidden_states=cond))
+
+
 def model_flops(backbone, head, batch: int, resolution: int) -> dict[str, int]:
     """Forward FLOPs of one call, at this batch and resolution, on meta-device copies (free)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
 
     from diff2in1.heads import NormalHead
     from diff2in1.losses import head_loss
     from diff2in1.taps import TapFeatures
 
     lat = resolution // 8
-    meta = torch.device("meta")
-    with meta:
-        unet = UNet2DConditionModel.from_config(backbone.unet.config)
+    with torch.device("meta"):
         vae = AutoencoderKL.from_config(backbone.vae.config)
         mhead = NormalHead.from_head_config(head.widths)
-        z = torch.randn(batch, unet.config.in_channels, lat, lat)
-        cond = torch.randn(batch, 77, unet.config.cross_attention_dim)
         img = torch.randn(batch, 3, resolution, resolution)
         lz = torch.randn(batch, vae.config.latent_channels, lat, lat)
         c = head.widths.in_channels
@@ -329,10 +339,8 @@ def model_flops(backbone, head, batch: int, resolution: int) -> dict[str, int]:
         )
         gt = torch.randn(batch, 3, resolution, resolution)
         mask = torch.ones(batch, 1, resolution, resolution, dtype=torch.bool)
-    out = {}
+    out = {"unet_forward": unet_forward_flops(backbone.unet.config, batch, resolution)}
     with torch.no_grad():
-        t = torch.zeros(batch, dtype=torch.long, device=meta)
-        out["unet_forward"] = count_flops(lambda: unet(z, t, encoder_hidden_states=cond))
         out["vae_encode"] = count_flops(lambda: vae.encode(img))
         out["vae_decode"] = count_flops(lambda: vae.decode(lz))
         out["head_eval"] = count_flops(lambda: mhead.eval()(feats, image_size=(resolution, resolution)))

@@ -25,7 +25,6 @@ import torch
 import speed_knobs
 from bench import (
     _fmt_s,
-    count_flops,
     extrapolate,
     loadavg,
     machine_fields,
@@ -34,21 +33,8 @@ from bench import (
     measure,
     resolve_device,
     stage_record,
+    unet_forward_flops,
 )
-
-
-def unet_flops_per_image(backbone, resolution: int) -> int:
-    """Forward FLOPs of one UNet pass on one latent, counted on a meta-device copy (free)."""
-    from diffusers import UNet2DConditionModel
-
-    meta = torch.device("meta")
-    with meta:
-        unet = UNet2DConditionModel.from_config(backbone.unet.config)
-        z = torch.randn(1, unet.config.in_channels, resolution // 8, resolution // 8)
-        cond = torch.randn(1, 77, unet.config.cross_attention_dim)
-        t = torch.zeros(1, dtype=torch.long)
-    with torch.no_grad():
-        return count_flops(lambda: unet(z, t, encoder_hidden_states=cond))
 
 
 def unet_passes(backbone, batch: int, resolution: int, repeat: int, warmup: int) -> dict:
@@ -98,7 +84,7 @@ def run_batched(args: argparse.Namespace, log: Callable[[str], None] = print) ->
     cfg = HeadConfig.small(in_ch) if small else dataclasses.replace(HeadConfig.reference(), in_channels=in_ch)
     pipe = Diff2in1Pipeline.from_backbone(backbone, NormalHead.from_head_config(cfg).to(device))
     applied = speed_knobs.apply(args, backbone, device)
-    flops_1 = unet_flops_per_image(backbone, res)
+    flops_1 = unet_forward_flops(backbone.unet.config, 1, res)
     images = make_batch(max(args.batched), res, device)["image"]
     report: dict = {
         "config": {

@@ -837,8 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as `diff2in1: warning: ...` on one line (Python's form adds a file, line and source)."""
-    text = str(message).strip().splitlines()
-    print(f"diff2in1: warning: {text[0] if text else category.__name__}", file=file or sys.stderr)
+    print(f"diff2in1: warning: {one_line(message) or category.__name__}", file=file or sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

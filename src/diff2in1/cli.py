@@ -229,7 +229,8 @@ def _predictor_args(p: argparse.ArgumentParser) -> None:
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
         default="no",
-        help="autocast the backbone (bf16 on CPU and recent GPUs, fp16 on older GPUs / Apple)",
+        help="autocast the backbone (bf16 on recent GPUs and CPUs with bf16 instructions, fp16 on older "
+        "GPUs / Apple)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -381,7 +382,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
         default="no",
-        help="store the backbone in bf16/fp16 (bf16 on CPU and recent GPUs)",
+        help="store the backbone in bf16/fp16 (bf16 on recent GPUs and CPUs with bf16 instructions)",
     )
     p.add_argument(
         "--skip-bad-files", action="store_true", help="skip unreadable images (listed) instead of stopping"

@@ -54,7 +54,8 @@ OPTION_HELP = {
     "create-data --seed": "seed of the noise (each sample's noise depends only on it and the sample)",
     "make-scenes --seed": "seed of the scenes (the same seed gives the same scenes)",
     "--loss": "training loss: ug_nll (uncertainty-guided NLL, the research loss), angular or l2",
-    "--mixed-precision": "autocast: no, bf16 (CPU and recent GPUs) or fp16 (older GPUs, Apple)",
+    "--mixed-precision": "autocast: no, bf16 (recent GPUs, CPUs with bf16 instructions) or fp16 (older "
+    "GPUs, Apple)",
     "--num-workers": "data-loading processes (0 = load in the training process)",
     "--device": "auto, cpu, cuda, cuda:1 or mps",
     "--no-progress": "no progress bars",
